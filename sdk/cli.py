@@ -1,0 +1,184 @@
+"""``edge-classify``: classify camera frames on the device and publish them over MQTT.
+
+A thin layer over :func:`sdk.run`: ``edge-classify --camera 0`` is
+``sdk.run(Config(source="camera:0"))``. The YAML file (``--config``) comes first, flags
+override it. SIGTERM / SIGINT stop the run cleanly: the queue is flushed, ``offline`` is
+published, and the exit code is 0.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from typing import Sequence
+
+from .errors import EXIT_CODES, ConfigError, EdgeError
+
+logger = logging.getLogger("sdk.cli")
+
+SUBCOMMANDS = ("validate-config", "bench")
+
+
+def _exit_code_table() -> str:
+    return "exit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in sorted(EXIT_CODES.items()))
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge-classify",
+        description="Classify frames from a camera, video, RTSP stream or image folder with a model "
+                    "bundle and publish the results over MQTT. Subcommands: validate-config FILE, bench BUNDLE.",
+        epilog=_exit_code_table(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--camera", type=int, metavar="N", help="camera index (/dev/videoN)")
+    src.add_argument("--video", metavar="FILE", help="video file")
+    src.add_argument("--rtsp", metavar="URL", help="RTSP (or HTTP) stream URL")
+    src.add_argument("--images", metavar="DIR", help="folder of images")
+    p.add_argument("--loop", action="store_true", default=None, help="start a video / image folder over at its end")
+    p.add_argument("--config", metavar="FILE", help="YAML config (firmware_configs/<device>.yaml); flags override it")
+    p.add_argument("--model", metavar="BUNDLE", help="model bundle directory")
+    p.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker")
+    p.add_argument("--no-mqtt", action="store_true", help="classify and log only, publish nothing")
+    p.add_argument("--device-id", metavar="ID", help="device name in topics")
+    p.add_argument("--top-k", type=int, metavar="K", help="classes per result")
+    p.add_argument("--threshold", type=float, metavar="T", help="leave out classes scoring below T")
+    p.add_argument("--fps-cap", type=float, metavar="FPS", help="process at most FPS frames per second")
+    p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    p.add_argument("--delegate", choices=["auto", "none", "xnnpack", "edgetpu", "gpu"], help="interpreter delegate")
+    p.add_argument("--threads", type=int, metavar="N", help="interpreter threads")
+    p.add_argument("--preprocess", choices=["auto", "plain", "digit"], help="override the bundle's preprocessing")
+    p.add_argument("--publish", choices=["every", "change"], help="publish every frame or only on a label change")
+    p.add_argument("--outbox", metavar="PATH", help="store-and-forward sqlite file (':memory:' for none)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    p.add_argument("-q", "--quiet", action="store_true", help="errors only, no status line")
+    return p
+
+
+def _overrides(a: argparse.Namespace) -> dict:
+    o: dict = {}
+    if a.camera is not None:
+        o["source"] = f"camera:{a.camera}"
+    elif a.video is not None:
+        o["source"] = f"video:{a.video}"
+    elif a.rtsp is not None:
+        o["source"] = a.rtsp
+    elif a.images is not None:
+        o["source"] = f"images:{a.images}"
+    simple = {"loop": a.loop, "model": a.model, "device_id": a.device_id, "top_k": a.top_k,
+              "threshold": a.threshold, "fps_cap": a.fps_cap, "max_frames": a.max_frames}
+    o.update({k: v for k, v in simple.items() if v is not None})
+    mqtt = {}
+    if a.broker is not None:
+        mqtt["broker"] = a.broker
+    if a.no_mqtt:
+        mqtt["enabled"] = False
+    if a.outbox is not None:
+        mqtt["outbox_path"] = a.outbox
+    if mqtt:
+        o["mqtt"] = mqtt
+    runtime = {k: v for k, v in {"delegate": a.delegate, "num_threads": a.threads}.items() if v is not None}
+    if runtime:
+        o["runtime"] = runtime
+    if a.preprocess:
+        o["preprocess"] = {"mode": a.preprocess}
+    if a.publish:
+        o["publish"] = {"mode": a.publish}
+    return o
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _cmd_run(argv: Sequence[str]) -> int:
+    from .config import load_config, resolved_yaml
+
+    a = _run_parser().parse_args(argv)
+    _setup_logging(a.verbose, a.quiet)
+    config = load_config(a.config, _overrides(a))
+    if a.print_config:
+        sys.stdout.write(resolved_yaml(config))
+        return 0
+    stop = threading.Event()
+
+    def _stop(signum, frame):
+        logger.warning("signal %d: stopping (flushing the queue)", signum)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop)
+    from .app import run
+
+    status = sys.stderr if (sys.stderr.isatty() and not a.quiet) else None
+    stats = run(config, stop=stop, status_stream=status)
+    print(json.dumps({"frames": stats.frames, "published": stats.published, "samples": stats.samples,
+                      "fps": round(stats.fps, 2), "ended_by": stats.ended_by}), file=sys.stderr)
+    return 0
+
+
+def _cmd_validate(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="edge-classify validate-config", description="Check a config file and exit.",
+                                epilog=_exit_code_table(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file")
+    a = p.parse_args(argv)
+    from .config import load_config
+
+    c = load_config(a.file)
+    print(f"OK: {a.file} (device {c.device_id}, source {c.source}, model {c.model}, broker {c.mqtt.broker})")
+    return 0
+
+
+def _cmd_bench(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="edge-classify bench", description="Interpreter latency of a bundle.",
+                                epilog=_exit_code_table(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle")
+    p.add_argument("--runs", type=int, default=500)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--delegate", default="auto", choices=["auto", "none", "xnnpack", "edgetpu", "gpu"])
+    p.add_argument("--video", help="also measure the OpenCV decode rate of this video")
+    p.add_argument("--json", action="store_true", help="print JSON only")
+    a = p.parse_args(argv)
+    _setup_logging(0, False)
+    from .bench import bench_decode, bench_interpreter
+
+    r = bench_interpreter(a.bundle, a.runs, a.warmup, a.delegate, a.threads)
+    if a.video:
+        r["decode"] = bench_decode(a.video)
+    if a.json:
+        print(json.dumps(r))
+    else:
+        print(f"{r['model']} {r['version']} (delegate {r['delegate']}): latency p50 {r['p50_ms']:.3f} ms, "
+              f"p95 {r['p95_ms']:.3f} ms, {r['fps']} inferences/s over {r['runs']} runs")
+        if a.video:
+            print(f"decode {a.video}: {r['decode']['fps']} fps over {r['decode']['frames']} frames")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmd = {"validate-config": _cmd_validate, "bench": _cmd_bench}.get(argv[0] if argv else "", _cmd_run)
+    if cmd is not _cmd_run:
+        argv = argv[1:]
+    try:
+        return cmd(argv)
+    except SystemExit as e:  # argparse: --help (0) or a usage error (2)
+        return int(e.code or 0)
+    except EdgeError as e:
+        print(f"edge-classify: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except ValueError as e:  # bad input caught by a library function (e.g. a bad source spec)
+        print(f"edge-classify: error: {e}", file=sys.stderr)
+        return ConfigError.exit_code
+    except Exception:
+        logger.exception("unexpected error")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Device configuration: pydantic, unknown keys rejected, every field described.
+
+YAML file first (``firmware_configs/<device>.yaml``), then command-line flags override it.
+Secrets (MQTT user name and password) come from environment variables named here.
+"""
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _default_device_id() -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()) or "edge-device"
+
+
+class CameraSettings(_Strict):
+    width: int | None = Field(640, ge=16, description="Requested capture width in pixels (camera only).")
+    height: int | None = Field(480, ge=16, description="Requested capture height in pixels (camera only).")
+    fps: float | None = Field(None, gt=0, description="Requested capture rate of the camera driver.")
+    backend: Literal["auto", "v4l2", "gstreamer", "ffmpeg"] = Field("auto", description="OpenCV capture backend.")
+    reconnect_min_s: float = Field(0.5, gt=0, description="First delay before reopening a dropped camera/stream.")
+    reconnect_max_s: float = Field(30.0, gt=0, description="Longest delay between reopen attempts (doubling backoff).")
+
+
+class RuntimeSettings(_Strict):
+    delegate: Literal["auto", "none", "xnnpack", "edgetpu", "gpu"] = Field(
+        "auto", description="auto: Edge TPU for *_edgetpu models (or a bundle exported for it), CPU otherwise.")
+    num_threads: int | None = Field(None, ge=1, description="Interpreter CPU threads (None: the bundle's or the runtime's default).")
+    edgetpu_device: str | None = Field(None, description="Edge TPU to use: usb, pci, usb:0 ... (None: the first found).")
+
+
+class PreprocessSettings(_Strict):
+    mode: Literal["auto", "plain", "digit"] = Field(
+        "auto", description="auto: what the bundle's manifest says; digit: find, crop and centre a handwritten digit.")
+    roi: list[float] | None = Field(
+        None, min_length=4, max_length=4, description="Region of interest [x, y, w, h] as fractions of the frame.")
+    invert: Literal["auto", "never", "always"] = Field(
+        "auto", description="Flip ink polarity to match the model (auto: judged from the frame, plain mode).")
+
+    @field_validator("roi")
+    @classmethod
+    def _roi_inside(cls, v):
+        if v is not None and not (0 <= v[0] < 1 and 0 <= v[1] < 1 and 0 < v[2] <= 1 and 0 < v[3] <= 1):
+            raise ValueError("roi is [x, y, w, h] with x, y in [0, 1) and w, h in (0, 1]")
+        return v
+
+
+class PublishSettings(_Strict):
+    mode: Literal["every", "change"] = Field(
+        "every", description="every: one result per frame; change: only when the top-1 label changes.")
+    min_interval_ms: int = Field(0, ge=0, description="At most one result per this many ms (0: no limit).")
+    result_qos: Literal[0, 1] = Field(1, description="QoS of result messages (1: store-and-forward covers broker outages).")
+
+
+class TlsConfig(_Strict):
+    enabled: bool = Field(False, description="Connect with TLS.")
+    ca_certs: str | None = Field(None, description="CA bundle that signed the broker's certificate (None: system CAs).")
+    certfile: str | None = Field(None, description="Client certificate (PEM) for mutual TLS.")
+    keyfile: str | None = Field(None, description="Client private key (PEM) for mutual TLS.")
+    insecure: bool = Field(False, description="Skip the broker host name check (lab only).")
+
+
+class MqttSettings(_Strict):
+    enabled: bool = Field(True, description="Publish over MQTT (false: classify and log only).")
+    broker: str = Field("localhost:1883", description="Broker HOST:PORT.")
+    topic_prefix: str = Field("edge", description="First topic level(s); topics are <prefix>/v1/<device>/...")
+    client_id: str | None = Field(None, description="MQTT client id (None: edgeclf-<device_id>).")
+    keepalive: int = Field(30, ge=5, le=3600, description="MQTT keepalive in seconds.")
+    username_env: str | None = Field("EDGECLF_MQTT_USERNAME", description="Environment variable holding the user name.")
+    password_env: str | None = Field("EDGECLF_MQTT_PASSWORD", description="Environment variable holding the password.")
+    tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS settings.")
+    outbox_path: str | None = Field(
+        None, description="sqlite file of the store-and-forward queue (None: ~/.cache/edgeclf/outbox-<device>.sqlite; ':memory:' for none on disk).")
+    outbox_max_messages: int = Field(10000, ge=10, description="Queue bound; the oldest messages go first when full.")
+    reconnect_min_s: float = Field(0.5, gt=0, description="First delay before reconnecting to the broker.")
+    reconnect_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay (doubling backoff).")
+    flush_timeout_s: float = Field(5.0, ge=0, description="On exit, wait this long for queued messages to be acknowledged.")
+
+
+class SamplingSettings(_Strict):
+    enabled: bool = Field(True, description="Send frames the model is unsure of to <prefix>/v1/<device>/sample.")
+    min_confidence: float = Field(0.6, ge=0, le=1, description="Select when the top-1 score is below this.")
+    min_margin: float = Field(0.2, ge=0, le=1, description="Select when top-1 minus top-2 is below this.")
+    max_entropy: float = Field(0.5, ge=0, le=1, description="Select when the normalised entropy is above this.")
+    audit_fraction: float = Field(0.0, ge=0, le=1, description="Share of confident frames sent anyway (random audit).")
+    per_minute: int = Field(10, ge=0, description="At most this many samples per minute.")
+    per_hour: int = Field(200, ge=0, description="At most this many samples per hour.")
+    dedup_distance: int = Field(6, ge=0, le=64, description="Perceptual-hash Hamming distance under which frames are duplicates.")
+    image_format: Literal["png", "jpeg"] = Field("jpeg", description="Encoding of the sampled frame.")
+    jpeg_quality: int = Field(85, ge=10, le=100, description="Starting JPEG quality (lowered to meet max_bytes).")
+    max_side: int = Field(320, ge=16, description="Longer side of the sampled image in pixels.")
+    max_bytes: int = Field(48000, ge=1000, le=10_000_000, description="Size cap of the encoded image.")
+    qos: Literal[0, 1] = Field(1, description="QoS of sample messages.")
+
+
+class HomeAssistantSettings(_Strict):
+    enabled: bool = Field(False, description="Publish retained Home Assistant MQTT discovery configs.")
+    discovery_prefix: str = Field("homeassistant", description="Home Assistant's discovery prefix.")
+
+
+class Config(_Strict):
+    """Everything ``edge-classify`` / :func:`sdk.run` needs."""
+
+    device_id: str = Field(default_factory=_default_device_id, description="Device name in topics (letters, digits, _ - .).")
+    source: str | None = Field(None, description="camera:N | video:PATH | rtsp://URL | images:DIR.")
+    loop: bool = Field(False, description="Start a video file or image folder over at its end.")
+    fps_cap: float | None = Field(None, gt=0, description="Process at most this many frames per second.")
+    max_frames: int | None = Field(None, ge=1, description="Stop after this many frames (benchmarks, tests).")
+    model: str = Field("models/current", description="Model bundle directory (manifest.json + model.tflite).")
+    top_k: int = Field(3, ge=1, description="How many classes each result lists.")
+    threshold: float = Field(0.0, ge=0, le=1, description="Leave out classes scoring below this.")
+    camera: CameraSettings = Field(default_factory=CameraSettings, description="Camera / stream capture.")
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings, description="Interpreter and delegate.")
+    preprocess: PreprocessSettings = Field(default_factory=PreprocessSettings, description="Frame preparation.")
+    publish: PublishSettings = Field(default_factory=PublishSettings, description="Which results are published.")
+    mqtt: MqttSettings = Field(default_factory=MqttSettings, description="Broker connection and queue.")
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings, description="Uncertain-frame upload.")
+    homeassistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings, description="HA discovery.")
+    metrics_interval_s: float = Field(10.0, gt=0, description="Seconds between metrics heartbeats.")
+    status_interval_s: float = Field(2.0, ge=0, description="Seconds between status lines on a terminal (0: off).")
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_.-]+$", v):
+            raise ValueError("device_id may hold letters, digits, '_', '-', '.' only")
+        return v
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _format_errors(e: ValidationError, origin: str) -> str:
+    lines = [f"{origin}: invalid configuration:"]
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = "unknown key (not allowed)" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def config_from_dict(data: dict[str, Any], origin: str = "config") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, origin)) from e
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: malformed YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings, not {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """YAML file (optional) with ``overrides`` (nested dict, e.g. from flags) applied on top."""
+    data = read_yaml(path) if path else {}
+    return config_from_dict(_merge(data, overrides or {}), str(path) if path else "flags")
+
+
+def resolved_yaml(config: Config) -> str:
+    """The resolved configuration as YAML (written next to what it produced)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,41 @@
+"""Home Assistant MQTT discovery: retained configs so a device shows up with no YAML.
+
+Entities: last label, confidence (%), fps (from the metrics heartbeat) and a connectivity
+binary sensor; all use the retained ``status`` topic for availability.
+"""
+from __future__ import annotations
+
+import json
+
+from .topics import Topics
+
+Message = tuple[str, bytes, int, bool]
+
+
+def discovery_messages(topics: Topics, *, model_name: str = "", sw_version: str = "",
+                       discovery_prefix: str = "homeassistant") -> list[Message]:
+    """``(topic, payload, qos, retain)`` of every discovery config, to publish on connect."""
+    dev = topics.device
+    device = {"identifiers": [f"edgeclf_{dev}"], "name": f"edgeclf {dev}", "manufacturer": "edgeclf",
+              "model": model_name or "edge classifier", "sw_version": sw_version}
+    avail = {"availability_topic": topics.status, "payload_available": "online", "payload_not_available": "offline"}
+    entities = [
+        ("sensor", "label", {"name": "Last label", "state_topic": topics.result, "icon": "mdi:label",
+                             "value_template": "{{ value_json.top_k[0].label if value_json.top_k else 'none' }}"}),
+        ("sensor", "confidence", {"name": "Confidence", "state_topic": topics.result, "unit_of_measurement": "%",
+                                  "state_class": "measurement",
+                                  "value_template": "{{ (value_json.top_k[0].score * 100) | round(1) if value_json.top_k else 0 }}"}),
+        ("sensor", "fps", {"name": "Frames per second", "state_topic": topics.metrics, "unit_of_measurement": "fps",
+                           "state_class": "measurement", "value_template": "{{ value_json.fps | round(1) }}"}),
+        ("binary_sensor", "online", {"name": "Online", "state_topic": topics.status, "device_class": "connectivity",
+                                     "payload_on": "online", "payload_off": "offline"}),
+    ]
+    out = []
+    for component, key, cfg in entities:
+        payload = {**cfg, "unique_id": f"edgeclf_{dev}_{key}", "object_id": f"edgeclf_{dev}_{key}",
+                   "device": device}
+        if component != "binary_sensor":
+            payload.update(avail)
+        out.append((f"{discovery_prefix}/{component}/{dev}/{key}/config",
+                    json.dumps(payload, separators=(",", ":")).encode(), 1, True))
+    return out

@@ -1,0 +1,69 @@
+"""Payload builders for the MQTT contract (v1); schemas in ``sdk/schemas/*.schema.json``."""
+from __future__ import annotations
+
+import base64
+import json
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Iterable, Sequence
+
+from .classify import Class
+
+SCHEMAS = ("result", "sample", "metrics", "event")
+
+
+def schema_id(kind: str) -> str:
+    return f"edgeclf/{kind}/v1"
+
+
+def model_info(manifest) -> dict:
+    return {"name": manifest.name, "version": manifest.version, "sha256": manifest.sha256}
+
+
+def ranked(classes: Iterable[Class], labels: Sequence[str]) -> list[dict]:
+    return [{"label": labels[c.id], "index": c.id, "score": round(c.score, 6)} for c in classes]
+
+
+def result(*, device: str, seq: int, run_id: str, ts: float, frame_id: int, model: dict, top_k: list[dict],
+           latency_ms: dict, box: Sequence[int] | None = None) -> dict:
+    msg = {"schema": schema_id("result"), "device": device, "seq": seq, "run_id": run_id, "ts": round(ts, 6),
+           "frame_id": frame_id, "model": model, "top_k": top_k,
+           "latency_ms": {k: round(v, 3) for k, v in latency_ms.items()}}
+    if box is not None:
+        msg["box"] = [int(v) for v in box]
+    return msg
+
+
+def sample(*, device: str, seq: int, run_id: str, ts: float, frame_id: int, model: dict, reasons: list[str],
+           top_k: list[dict], scores: Sequence[float], stats: dict, image: bytes, image_format: str,
+           width: int, height: int, model_input_png: bytes | None = None) -> dict:
+    msg = {"schema": schema_id("sample"), "device": device, "seq": seq, "run_id": run_id, "ts": round(ts, 6),
+           "frame_id": frame_id, "model": model, "reasons": reasons, "top_k": top_k,
+           "scores": [round(float(s), 6) for s in scores], **{k: round(float(v), 6) for k, v in stats.items()},
+           "image": {"format": image_format, "width": width, "height": height, "bytes": len(image),
+                     "data": base64.b64encode(image).decode("ascii")}}
+    if model_input_png is not None:
+        msg["model_input"] = {"format": "png", "data": base64.b64encode(model_input_png).decode("ascii")}
+    return msg
+
+
+def metrics(*, device: str, ts: float, run_id: str, model: dict, **fields: Any) -> dict:
+    return {"schema": schema_id("metrics"), "device": device, "run_id": run_id, "ts": round(ts, 6),
+            "model": model, **fields}
+
+
+def event(*, device: str, ts: float, run_id: str, event: str, detail: dict | None = None) -> dict:
+    return {"schema": schema_id("event"), "device": device, "run_id": run_id, "ts": round(ts, 6),
+            "event": event, "detail": detail or {}}
+
+
+def encode(msg: dict) -> bytes:
+    return json.dumps(msg, separators=(",", ":"), allow_nan=False).encode()
+
+
+@lru_cache(maxsize=None)
+def load_schema(kind: str) -> dict:
+    """The JSON schema of a message kind (result, sample, metrics, event)."""
+    if kind not in SCHEMAS:
+        raise ValueError(f"unknown message kind {kind!r}; valid: {', '.join(SCHEMAS)}")
+    return json.loads(resources.files("sdk").joinpath("schemas", f"{kind}.schema.json").read_text())

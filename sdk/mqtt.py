@@ -1,0 +1,355 @@
+"""MQTT transport: paho-mqtt v2, store-and-forward, TLS/auth, last will. It only moves bytes.
+
+Every persisted message first goes into a bounded sqlite FIFO (:class:`Outbox`); a sender
+thread hands rows to paho in order while connected (at most ``window`` in flight) and deletes
+a row once the broker has acknowledged it (PUBACK for QoS 1). paho re-sends what was in
+flight after a reconnect, the sender then carries on from where it was, so messages arrive
+in order and none is lost across a broker restart; rows not yet acknowledged when the
+process stops stay on disk and go out at the next start (at-least-once: a consumer may see a
+duplicate after a crash, never a gap).
+
+Network weather (broker down, refused, TLS handshake failing) is logged and retried with
+backoff, never raised; unusable settings (missing TLS files, bad port) raise
+:class:`MqttConfigError`.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import sqlite3
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Protocol
+
+import paho.mqtt.client as mqtt
+
+from .errors import MqttConfigError
+
+logger = logging.getLogger(__name__)
+
+Message = tuple[str, bytes, int, bool]  # topic, payload, qos, retain
+
+
+class Publisher(Protocol):
+    """The seam the pipeline publishes through."""
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False,
+                persist: bool = True) -> None: ...
+
+
+def parse_broker(address: str) -> tuple[str, int]:
+    """``host:port`` (port defaults to 1883; ``[::1]:1883`` for IPv6)."""
+    address = address.strip()
+    if not address:
+        raise MqttConfigError("empty broker address; expected HOST:PORT")
+    host, port = address, "1883"
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        port = rest.lstrip(":") or "1883"
+    elif address.count(":") == 1:
+        host, port = address.split(":")
+    try:
+        p = int(port)
+    except ValueError as e:
+        raise MqttConfigError(f"invalid broker port in {address!r}; expected HOST:PORT") from e
+    if not 0 < p < 65536 or not host:
+        raise MqttConfigError(f"invalid broker address {address!r}; expected HOST:PORT with port 1..65535")
+    return host, p
+
+
+class Outbox:
+    """A bounded, persistent FIFO of messages in sqlite (``:memory:`` for a volatile one).
+
+    When full, the oldest messages are dropped (and counted): memory and disk stay bounded
+    during a long outage.
+    """
+
+    def __init__(self, path: str | Path = ":memory:", max_messages: int = 10000):
+        if max_messages < 1:
+            raise ValueError(f"max_messages must be >= 1 (got {max_messages})")
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.max_messages = max_messages
+        self.dropped = 0
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,"
+            " payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, created REAL NOT NULL)"
+        )
+        self._count = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        if self._count:
+            logger.info("outbox %s holds %d unsent messages from an earlier run", self.path, self._count)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def put(self, topic: str, payload: bytes, qos: int, retain: bool) -> int:
+        with self._lock:
+            if self._count >= self.max_messages:
+                n = self._count - self.max_messages + 1
+                self._db.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)", (n,))
+                self._count -= n
+                self.dropped += n
+                if self.dropped == n or self.dropped % 1000 < n:
+                    logger.warning("outbox full (%d messages): dropped %d oldest so far", self.max_messages, self.dropped)
+            cur = self._db.execute(
+                "INSERT INTO outbox (topic, payload, qos, retain, created) VALUES (?, ?, ?, ?, ?)",
+                (topic, payload, qos, int(retain), time.time()),
+            )
+            self._count += 1
+            return int(cur.lastrowid)
+
+    def peek(self, after_id: int, limit: int) -> list[tuple[int, str, bytes, int, bool]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, topic, payload, qos, retain FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+        return [(r[0], r[1], bytes(r[2]), r[3], bool(r[4])) for r in rows]
+
+    def delete(self, ids: Iterable[int]) -> None:
+        ids = list(ids)
+        if not ids:
+            return
+        with self._lock:
+            cur = self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+            self._count = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] if cur.rowcount < 0 else self._count - cur.rowcount
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+@dataclass
+class TlsSettings:
+    ca_certs: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    insecure: bool = False  # skip the host name check (self-signed lab brokers)
+
+    def check(self) -> None:
+        for name in ("ca_certs", "certfile", "keyfile"):
+            p = getattr(self, name)
+            if p is not None and not Path(p).is_file():
+                raise MqttConfigError(f"TLS {name} file not found: {p}")
+        if (self.certfile is None) != (self.keyfile is None):
+            raise MqttConfigError("TLS client certificate needs both certfile and keyfile")
+
+
+class MqttPublisher:
+    """paho v2 client + outbox + sender thread. Use as a context manager.
+
+    ``status_topic``: last will ``offline`` (retained), ``online`` (retained) on every connect.
+    ``birth``: extra messages (e.g. Home Assistant discovery) published on every connect.
+    """
+
+    def __init__(self, host: str, port: int = 1883, client_id: str = "", *, status_topic: str | None = None,
+                 birth: Iterable[Message] = (), outbox: Outbox | None = None, tls: TlsSettings | None = None,
+                 username: str | None = None, password: str | None = None, keepalive: int = 30,
+                 reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0, window: int = 64):
+        if not 0 < int(port) < 65536:
+            raise MqttConfigError(f"invalid broker port {port}")
+        self.host, self.port = host, int(port)
+        self.status_topic = status_topic
+        self.birth = list(birth)
+        self.outbox = outbox if outbox is not None else Outbox()
+        self.window = window
+        self.connects = 0
+        self.disconnects = 0
+        self.sent = 0
+        self.not_sent = 0  # non-persistent messages skipped while offline
+        self.last_error: str | None = None
+        self._connected = threading.Event()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._acked: collections.deque[int] = collections.deque()
+        self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
+        self._last_id = 0
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+        c.max_inflight_messages_set(window)
+        c.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
+        if tls is not None:
+            tls.check()
+            try:
+                c.tls_set(ca_certs=tls.ca_certs, certfile=tls.certfile, keyfile=tls.keyfile,
+                          cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            except (ssl.SSLError, ValueError, OSError) as e:
+                raise MqttConfigError(f"TLS settings unusable: {e}") from e
+            c.tls_insecure_set(tls.insecure)
+        if username is not None:
+            c.username_pw_set(username, password)
+        elif password is not None:
+            raise MqttConfigError("an MQTT password without a user name")
+        if status_topic:
+            c.will_set(status_topic, b"offline", qos=1, retain=True)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        self.client = c
+        self.keepalive = keepalive
+        self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
+        self._started = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> "MqttPublisher":
+        if self._started:
+            return self
+        self._started = True
+        try:
+            self.client.connect_async(self.host, self.port, keepalive=self.keepalive)
+        except (ValueError, OSError) as e:
+            raise MqttConfigError(f"cannot use broker {self.host}:{self.port}: {e}") from e
+        self.client.loop_start()
+        self._sender.start()
+        return self
+
+    def __enter__(self) -> "MqttPublisher":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        return self._connected.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def queue_depth(self) -> int:
+        return max(0, len(self.outbox) - len(self._acked))
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every persisted message is acknowledged (True) or ``timeout`` passes."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self._wake.set()
+            if len(self.outbox) == 0 and not self._inflight and not self._acked:
+                return True
+            time.sleep(0.01)
+        return len(self.outbox) == 0
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush (up to ``timeout`` while connected), publish ``offline``, disconnect.
+
+        Unsent messages stay in the outbox file for the next start.
+        """
+        if not self._started:
+            self.outbox.close()
+            return
+        end = time.monotonic() + timeout
+        if not self.connected and len(self.outbox) and self.last_error is None:
+            self.wait_connected(timeout)  # still connecting (TLS handshake): give it the flush budget
+        if self.connected:
+            if not self.flush(max(0.0, end - time.monotonic())):
+                logger.warning("closing with %d messages unsent; they stay queued in %s",
+                               self.queue_depth, self.outbox.path)
+            if self.status_topic:
+                info = self.client.publish(self.status_topic, b"offline", qos=1, retain=True)
+                try:
+                    info.wait_for_publish(max(0.5, min(end - time.monotonic(), 2.0)))
+                except (RuntimeError, ValueError):
+                    pass
+        self._stop.set()
+        self._wake.set()
+        self._sender.join(timeout=2.0)
+        self._apply_acks()
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.outbox.close()
+        self._started = False
+
+    # -- publishing ----------------------------------------------------------------------
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False,
+                persist: bool = True) -> None:
+        """Queue a message. ``persist=False`` (e.g. metrics): sent only when connected, else skipped."""
+        if qos not in (0, 1, 2):
+            raise ValueError(f"invalid qos {qos}; valid: 0, 1, 2")
+        data = payload.encode() if isinstance(payload, str) else bytes(payload)
+        if persist:
+            self.outbox.put(topic, data, qos, retain)
+            self._wake.set()
+        elif self.connected:
+            self.client.publish(topic, data, qos=qos, retain=retain)
+        else:
+            self.not_sent += 1
+
+    # -- paho callbacks (network thread) -------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self.last_error = f"broker refused the connection: {reason_code}"
+            logger.error("MQTT %s:%d: %s", self.host, self.port, self.last_error)
+            return
+        self.connects += 1
+        self.last_error = None
+        logger.info("MQTT connected to %s:%d", self.host, self.port)
+        if self.status_topic:
+            client.publish(self.status_topic, b"online", qos=1, retain=True)
+        for topic, payload, qos, retain in self.birth:
+            client.publish(topic, payload, qos=qos, retain=retain)
+        self._connected.set()
+        self._wake.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        if was and not self._stop.is_set():  # not our own close()
+            self.disconnects += 1
+            logger.warning("MQTT disconnected from %s:%d (%s); %d messages queued, retrying",
+                           self.host, self.port, reason_code, self.queue_depth)
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        self._acked.append(mid)
+        self._wake.set()
+
+    # -- sender thread -------------------------------------------------------------------
+    def _apply_acks(self) -> None:
+        done = []
+        while self._acked:
+            mid = self._acked.popleft()
+            row = self._inflight.pop(mid, None)
+            if row is not None:
+                done.append(row)
+        if done:
+            self.outbox.delete(done)
+            self.sent += len(done)
+
+    def _send_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(0.2)
+            self._wake.clear()
+            try:
+                self._apply_acks()
+                while self.connected and len(self._inflight) < self.window and not self._stop.is_set():
+                    rows = self.outbox.peek(self._last_id, self.window - len(self._inflight))
+                    if not rows:
+                        break
+                    for row_id, topic, payload, qos, retain in rows:
+                        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+                        if qos == 0 and info.rc != mqtt.MQTT_ERR_SUCCESS:
+                            break  # not written; retried after the reconnect
+                        # QoS 1/2: paho keeps the message and re-sends it after a reconnect
+                        self._inflight[info.mid] = row_id
+                        self._last_id = row_id
+                    self._apply_acks()
+            except sqlite3.ProgrammingError:  # outbox closed under us at shutdown
+                return
+            except Exception:  # never let the sender die silently
+                logger.exception("MQTT sender error")
+                time.sleep(0.5)
+
+
+def credentials_from_env(username_env: str | None, password_env: str | None) -> tuple[str | None, str | None]:
+    """Read the MQTT user name and password from the environment variables named in the config."""
+    user = os.environ.get(username_env) if username_env else None
+    password = os.environ.get(password_env) if password_env else None
+    return user or None, password or None

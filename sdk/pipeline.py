@@ -1,0 +1,257 @@
+"""source -> preprocess (from the bundle) -> classify -> publish, with metrics.
+
+The pipeline is handed built objects (a frame source, a classifier, a publisher, topics);
+it never reads global configuration, so a test can give it a video file and a real broker.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, TextIO
+
+import cv2
+import numpy as np
+
+from . import classify, messages
+from .preprocess import Preprocessor
+from .runtime import Bundle
+from .topics import Topics
+from .uncertainty import Sampler
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Classification:
+    probs: np.ndarray
+    top: list[classify.Class]
+    preprocess_ms: float
+    inference_ms: float
+    postprocess_ms: float
+    box: tuple[int, int, int, int] | None = None
+
+    @property
+    def total_ms(self) -> float:
+        return self.preprocess_ms + self.inference_ms + self.postprocess_ms
+
+
+class Classifier:
+    """A loaded bundle + its preprocessing: ``classify(frame) -> Classification``."""
+
+    def __init__(self, bundle: Bundle, mode: str = "auto", roi=None, invert: str = "auto",
+                 top_k: int = 3, threshold: float = 0.0):
+        self.bundle = bundle
+        self.interpreter = bundle.interpreter
+        self.manifest = bundle.manifest
+        self.labels = bundle.labels
+        self.top_k, self.threshold = top_k, threshold
+        self.preprocessor = Preprocessor(self.manifest.input, classify.input_details(self.interpreter), mode, roi, invert)
+        self.model_info = messages.model_info(self.manifest)
+
+    def classify(self, image: np.ndarray) -> Classification:
+        t0 = time.perf_counter()
+        tensor = self.preprocessor(image)
+        t1 = time.perf_counter()
+        classify.set_input(self.interpreter, tensor)
+        self.interpreter.invoke()
+        t2 = time.perf_counter()
+        probs = classify.probabilities(self.interpreter, self.manifest.output.activation)
+        top = classify.top_k(probs, self.top_k, self.threshold)
+        t3 = time.perf_counter()
+        return Classification(probs, top, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3,
+                              self.preprocessor.last_box)
+
+
+@dataclass
+class PipelineSettings:
+    publish_mode: str = "every"       # every | change
+    min_interval_ms: int = 0
+    result_qos: int = 1
+    sample_qos: int = 1
+    metrics_interval_s: float = 10.0
+    status_interval_s: float = 0.0    # terminal status line period (0: off)
+    max_frames: int | None = None
+
+
+@dataclass
+class RunStats:
+    run_id: str
+    frames: int = 0
+    published: int = 0
+    samples: int = 0
+    dropped_frames: int = 0
+    elapsed_s: float = 0.0
+    fps: float = 0.0
+    first_result_s: float | None = None
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    inference_p50_ms: float | None = None
+    last_label: str | None = None
+    ended_by: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _pct(values, q: float) -> float:
+    return float(np.percentile(np.fromiter(values, float), q)) if values else 0.0
+
+
+class Pipeline:
+    def __init__(self, source, classifier: Classifier, publisher, topics: Topics,
+                 settings: PipelineSettings | None = None, sampler: Sampler | None = None,
+                 status_stream: TextIO | None = None, run_id: str | None = None):
+        self.source = source
+        self.classifier = classifier
+        self.publisher = publisher
+        self.topics = topics
+        self.device = topics.device
+        self.settings = settings or PipelineSettings()
+        if self.settings.publish_mode not in ("every", "change"):
+            raise ValueError(f"unknown publish mode {self.settings.publish_mode!r}; valid: every, change")
+        self.sampler = sampler
+        self.status_stream = status_stream
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.stats = RunStats(self.run_id)
+        self._seq = 0
+        self._lat: collections.deque[float] = collections.deque(maxlen=1000)
+        self._inf: collections.deque[float] = collections.deque(maxlen=1000)
+        self._times: collections.deque[float] = collections.deque(maxlen=120)
+
+    # -- publishing helpers --------------------------------------------------------------
+    def _publish(self, topic: str, msg: dict, qos: int = 1, persist: bool = True) -> None:
+        if self.publisher is not None:
+            self.publisher.publish(topic, messages.encode(msg), qos=qos, retain=False, persist=persist)
+
+    def _event(self, kind: str, detail: dict | None = None) -> None:
+        self._publish(self.topics.event, messages.event(device=self.device, ts=time.time(), run_id=self.run_id,
+                                                        event=kind, detail=detail))
+
+    def _fps(self) -> float:
+        if len(self._times) < 2:
+            return 0.0
+        span = self._times[-1] - self._times[0]
+        return (len(self._times) - 1) / span if span > 0 else 0.0
+
+    def metrics(self, started: float) -> dict:
+        s = self.sampler
+        pub = self.publisher
+        top = self.stats.last_label
+        return messages.metrics(
+            device=self.device, ts=time.time(), run_id=self.run_id, model=self.classifier.model_info,
+            uptime_s=round(time.monotonic() - started, 3), frames=self.stats.frames, fps=round(self._fps(), 3),
+            latency_ms={"p50": round(_pct(self._lat, 50), 3), "p95": round(_pct(self._lat, 95), 3)},
+            inference_ms={"p50": round(_pct(self._inf, 50), 3), "p95": round(_pct(self._inf, 95), 3)},
+            dropped_frames=int(getattr(self.source, "dropped", 0)),
+            queue_depth=int(getattr(pub, "queue_depth", 0)),
+            outbox_dropped=int(getattr(getattr(pub, "outbox", None), "dropped", 0)),
+            source_reconnects=int(getattr(self.source, "reconnects", 0)),
+            samples=s.selected if s else 0, samples_rate_limited=s.rate_limited if s else 0,
+            samples_duplicate=s.duplicates if s else 0,
+            last_label=top, last_score=self._last_score,
+        )
+
+    def _status_line(self) -> None:
+        if self.status_stream is None:
+            return
+        q = getattr(self.publisher, "queue_depth", 0)
+        link = "up" if getattr(self.publisher, "connected", True) else "DOWN"
+        line = (f"\r{self._fps():6.1f} fps | p50 {_pct(self._lat, 50):5.1f} ms p95 {_pct(self._lat, 95):5.1f} ms | "
+                f"last {self.stats.last_label} ({(self._last_score or 0):.2f}) | frames {self.stats.frames} "
+                f"dropped {getattr(self.source, 'dropped', 0)} | mqtt {link} queue {q}   ")
+        self.status_stream.write(line)
+        self.status_stream.flush()
+
+    # -- main loop -----------------------------------------------------------------------
+    def run(self, stop: threading.Event | None = None) -> RunStats:
+        stop = stop or threading.Event()
+        st = self.settings
+        started = time.monotonic()
+        next_metrics = started + st.metrics_interval_s
+        next_status = started + st.status_interval_s if st.status_interval_s else float("inf")
+        last_pub_t = -float("inf")
+        last_label: str | None = None
+        self._last_score: float | None = None
+        labels = self.classifier.labels
+        self._event("started", {"model": self.classifier.model_info, "source": type(self.source).__name__})
+        ended_by = "stopped"
+        while not stop.is_set():
+            for kind, detail in self.source.events():
+                self._event(kind, detail)
+            frame = self.source.read(0.5)
+            now = time.monotonic()
+            if frame is None:
+                if self.source.ended:
+                    ended_by = "source_ended"
+                    break
+            else:
+                c = self.classifier.classify(frame.image)
+                self.stats.frames += 1
+                self._times.append(now)
+                self._lat.append(c.total_ms)
+                self._inf.append(c.inference_ms)
+                top = messages.ranked(c.top, labels)
+                label = labels[c.top[0].id] if c.top else None
+                self.stats.last_label = label
+                self._last_score = round(c.top[0].score, 4) if c.top else None
+                publish = (st.publish_mode == "every" or label != last_label) and \
+                    (now - last_pub_t) * 1e3 >= st.min_interval_ms
+                if publish:
+                    msg = messages.result(
+                        device=self.device, seq=self._seq, run_id=self.run_id, ts=frame.ts, frame_id=frame.frame_id,
+                        model=self.classifier.model_info, top_k=top,
+                        latency_ms={"preprocess": c.preprocess_ms, "inference": c.inference_ms,
+                                    "postprocess": c.postprocess_ms,
+                                    "total": c.total_ms},
+                        box=c.box)
+                    self._publish(self.topics.result, msg, qos=st.result_qos)
+                    self._seq += 1
+                    self.stats.published += 1
+                    last_pub_t = now
+                    last_label = label
+                    if self.stats.first_result_s is None:
+                        self.stats.first_result_s = now - started
+                if self.sampler is not None:
+                    sel = self.sampler.consider(frame.image, c.probs)
+                    if sel is not None:
+                        mi = self.classifier.preprocessor.last_image
+                        png = cv2.imencode(".png", mi)[1].tobytes() if mi is not None and mi.size <= 4096 * 3 else None
+                        self._publish(self.topics.sample, messages.sample(
+                            device=self.device, seq=max(0, self._seq - 1), run_id=self.run_id, ts=frame.ts,
+                            frame_id=frame.frame_id, model=self.classifier.model_info, reasons=sel.reasons,
+                            top_k=top, scores=c.probs.tolist(), stats=sel.uncertainty.as_dict(), image=sel.image,
+                            image_format=sel.image_format, width=sel.width, height=sel.height,
+                            model_input_png=png), qos=st.sample_qos)
+                        self.stats.samples += 1
+                if st.max_frames and self.stats.frames >= st.max_frames:
+                    ended_by = "max_frames"
+                    break
+            if now >= next_metrics:
+                self._publish(self.topics.metrics, self.metrics(started), qos=0, persist=False)
+                next_metrics = now + st.metrics_interval_s
+            if now >= next_status:
+                self._status_line()
+                next_status = now + st.status_interval_s
+        for kind, detail in self.source.events():
+            self._event(kind, detail)
+        self._publish(self.topics.metrics, self.metrics(started), qos=0, persist=False)
+        self._event("stopped", {"reason": ended_by, "frames": self.stats.frames, "published": self.stats.published})
+        if self.status_stream is not None and st.status_interval_s:
+            self._status_line()
+            self.status_stream.write("\n")
+        s = self.stats
+        s.elapsed_s = time.monotonic() - started
+        s.fps = s.frames / s.elapsed_s if s.elapsed_s > 0 else 0.0
+        s.dropped_frames = int(getattr(self.source, "dropped", 0))
+        s.latency_p50_ms = _pct(self._lat, 50) if self._lat else None
+        s.latency_p95_ms = _pct(self._lat, 95) if self._lat else None
+        s.inference_p50_ms = _pct(self._inf, 50) if self._inf else None
+        s.ended_by = ended_by
+        logger.info("run %s ended (%s): %d frames, %d results, %d samples, %.1f fps", self.run_id, ended_by,
+                    s.frames, s.published, s.samples, s.fps)
+        return s

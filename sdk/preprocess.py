@@ -1,0 +1,247 @@
+"""Frame -> input tensor, driven by the bundle's manifest (no preprocessing constant here).
+
+``plain``: region of interest, colour conversion, resize (stretch / centre crop / letterbox),
+ink polarity, then ``pixel * scale + offset`` and the input quantization, folded into one
+256-entry lookup table.
+
+``digit``: what MNIST's makers did with scanned forms, for a camera looking at a dark digit
+on light paper: estimate the paper's local brightness (so uneven light does not matter),
+threshold the ink relative to it, keep the largest ink blob (and pieces next to it), crop to
+it, fit it in a 20x20 box (aspect kept, anti-aliased), and centre it by its centre of mass in
+the 28x28 input, light on dark.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from .bundle import InputSpec, Normalization
+
+logger = logging.getLogger(__name__)
+
+MODES = ("auto", "plain", "digit")
+INVERT = ("auto", "never", "always")
+
+
+@dataclass
+class DigitParams:
+    """Tunables of the digit finder (defaults fit a hand-held sheet of paper)."""
+
+    work_side: int = 320          # frames are reduced to this longer side first
+    min_contrast: float = 0.22    # ink must be this much darker than the local paper
+    min_area_frac: float = 0.0004  # blobs smaller than this share of the frame are noise
+    box_frac: float = 20 / 28     # MNIST: the digit fits a 20x20 box in 28x28
+
+
+def _lut(normalization: Normalization, detail: dict) -> np.ndarray:
+    """pixel (0..255) -> model input value, quantized to the input dtype."""
+    from .classify import quantize
+
+    real = np.arange(256, dtype=np.float64) * normalization.scale + normalization.offset
+    return quantize(real, detail)
+
+
+def crop_roi(frame: np.ndarray, roi: Sequence[float] | None) -> np.ndarray:
+    """``roi`` is ``(x, y, w, h)`` as fractions of the frame (0..1)."""
+    if roi is None:
+        return frame
+    h, w = frame.shape[:2]
+    x0, y0 = int(round(roi[0] * w)), int(round(roi[1] * h))
+    x1, y1 = int(round((roi[0] + roi[2]) * w)), int(round((roi[1] + roi[3]) * h))
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"region of interest {tuple(roi)} is empty for a {w}x{h} frame")
+    return frame[y0:y1, x0:x1]
+
+
+def to_grey(frame: np.ndarray) -> np.ndarray:
+    if frame.ndim == 2:
+        return frame
+    if frame.shape[2] == 1:
+        return frame[..., 0]
+    if frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2GRAY)
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+
+
+def to_rgb(frame: np.ndarray) -> np.ndarray:
+    if frame.ndim == 2 or frame.shape[2] == 1:
+        return cv2.cvtColor(frame.reshape(frame.shape[:2]), cv2.COLOR_GRAY2RGB)
+    if frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+
+def resize(img: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
+    """Fit ``img`` to ``size`` (w, h): stretch, centre_crop or letterbox (zero padding)."""
+    w, h = size
+    ih, iw = img.shape[:2]
+    interp = cv2.INTER_AREA if iw >= w and ih >= h else cv2.INTER_LINEAR
+    if mode == "stretch":
+        return cv2.resize(img, (w, h), interpolation=interp)
+    if mode == "centre_crop":
+        s = min(iw / w, ih / h)
+        cw, ch = max(1, int(round(w * s))), max(1, int(round(h * s)))
+        x0, y0 = (iw - cw) // 2, (ih - ch) // 2
+        return cv2.resize(img[y0:y0 + ch, x0:x0 + cw], (w, h), interpolation=interp)
+    if mode == "letterbox":
+        s = min(w / iw, h / ih)
+        nw, nh = max(1, int(round(iw * s))), max(1, int(round(ih * s)))
+        out = np.zeros((h, w) + img.shape[2:], dtype=img.dtype)
+        x0, y0 = (w - nw) // 2, (h - nh) // 2
+        out[y0:y0 + nh, x0:x0 + nw] = cv2.resize(img, (nw, nh), interpolation=interp)
+        return out
+    raise ValueError(f"unknown resize mode {mode!r}; valid: stretch, centre_crop, letterbox")
+
+
+def ink_map(grey: np.ndarray) -> np.ndarray:
+    """How much darker each pixel is than the paper around it, 0..255 (uneven light removed).
+
+    The paper's brightness is the local maximum over a window wider than a pen stroke
+    (computed on a 4x smaller image, then smoothed back up): a local, adaptive reference.
+    """
+    h, w = grey.shape
+    small = cv2.resize(grey, (max(1, w // 4), max(1, h // 4)), interpolation=cv2.INTER_AREA)
+    k = max(5, (max(small.shape) // 10) | 1)
+    bg = cv2.dilate(small, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
+    bg = cv2.blur(bg, (k, k))
+    bg = cv2.resize(bg, (w, h), interpolation=cv2.INTER_LINEAR)
+    bg = cv2.max(bg, grey)  # the paper is never darker than what is on it
+    return cv2.divide(cv2.subtract(bg, grey), cv2.max(bg, 1), scale=255.0)  # (bg - grey) / bg, in uint8
+
+
+def find_digit(grey: np.ndarray, params: DigitParams = DigitParams()) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+    """The ink of the digit (light on dark, 0..255) cropped to it, and its box ``(x, y, w, h)``
+    in ``grey``'s coordinates; None when the frame holds no ink."""
+    h, w = grey.shape
+    f = min(1.0, params.work_side / max(h, w))
+    work = cv2.resize(grey, (max(1, int(w * f)), max(1, int(h * f))), interpolation=cv2.INTER_AREA) if f < 1 else grey
+    ink = ink_map(work)
+    otsu, _ = cv2.threshold(ink, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    t = max(float(otsu), params.min_contrast * 255)
+    mask = (ink > t).astype(np.uint8)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 1:
+        return None
+    wh, ww = work.shape
+    min_area = max(6, params.min_area_frac * wh * ww)
+    cands = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area]
+    inner = [i for i in cands if not (stats[i, 0] == 0 or stats[i, 1] == 0
+                                      or stats[i, 0] + stats[i, 2] >= ww or stats[i, 1] + stats[i, 3] >= wh)]
+    cands = inner or cands  # blobs touching the frame edge (paper edge, shadow) only as a last resort
+    if not cands:
+        return None
+    main = max(cands, key=lambda i: stats[i, cv2.CC_STAT_AREA])
+    x, y, bw, bh = stats[main, :4]
+    mx, my = 0.3 * max(bw, bh), 0.3 * max(bw, bh)
+    keep = [main]
+    for i in cands:  # pieces of the same digit (a broken stroke) next to the main blob
+        if i == main:
+            continue
+        cx, cy, cw, ch = stats[i, :4]
+        if cx < x + bw + mx and cx + cw > x - mx and cy < y + bh + my and cy + ch > y - my:
+            keep.append(i)
+    x0 = min(stats[i, 0] for i in keep)
+    y0 = min(stats[i, 1] for i in keep)
+    x1 = max(stats[i, 0] + stats[i, 2] for i in keep)
+    y1 = max(stats[i, 1] + stats[i, 3] for i in keep)
+    sel = np.isin(labels[y0:y1, x0:x1], keep).astype(np.uint8)
+    sel = cv2.dilate(sel, np.ones((3, 3), np.uint8))  # keep the anti-aliased rim of the strokes
+    crop = ink[y0:y1, x0:x1].astype(np.float32) * sel
+    peak = np.percentile(crop[sel > 0], 90) if sel.any() else 1.0
+    crop = np.clip(crop * (255.0 / max(peak, 1.0)), 0, 255).astype(np.uint8)
+    box = (int(x0 / f), int(y0 / f), int((x1 - x0) / f), int((y1 - y0) / f))
+    return crop, box
+
+
+def centre_digit(crop: np.ndarray, size: tuple[int, int], box_frac: float = 20 / 28) -> np.ndarray:
+    """Fit the ink in a ``box_frac`` box (aspect kept) and centre it by mass in ``size`` (w, h)."""
+    w, h = size
+    ch, cw = crop.shape
+    box = box_frac * min(w, h)
+    s = box / max(ch, cw)
+    nw, nh = max(1, int(round(cw * s))), max(1, int(round(ch * s)))
+    patch = cv2.resize(crop, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    out = np.zeros((h, w), np.uint8)
+    m = cv2.moments(patch)
+    if m["m00"] > 0:
+        cx, cy = m["m10"] / m["m00"], m["m01"] / m["m00"]
+    else:
+        cx, cy = nw / 2, nh / 2
+    x0 = int(round(w / 2 - cx))
+    y0 = int(round(h / 2 - cy))
+    x0, y0 = min(max(x0, 0), w - nw), min(max(y0, 0), h - nh)
+    out[y0:y0 + nh, x0:x0 + nw] = patch
+    return out
+
+
+class Preprocessor:
+    """Callable: BGR (or grey) frame -> input tensor of the model, batch dimension included.
+
+    ``spec`` is the manifest's input section, ``detail`` the interpreter's input details
+    (dtype, quantization); ``mode`` auto takes ``spec.preprocess``. ``roi`` is (x, y, w, h)
+    in fractions of the frame. ``invert`` auto flips a frame whose polarity differs from the
+    model's (judged from the median brightness).
+    """
+
+    def __init__(self, spec: InputSpec, detail: dict, mode: str = "auto",
+                 roi: Sequence[float] | None = None, invert: str = "auto",
+                 digit: DigitParams | None = None):
+        if mode not in MODES:
+            raise ValueError(f"unknown preprocess mode {mode!r}; valid: {', '.join(MODES)}")
+        if invert not in INVERT:
+            raise ValueError(f"unknown invert {invert!r}; valid: {', '.join(INVERT)}")
+        self.spec = spec
+        self.mode = spec.preprocess if mode == "auto" else mode
+        self.roi = tuple(roi) if roi is not None else None
+        self.invert = invert
+        self.digit = digit or DigitParams()
+        self.shape = [int(v) for v in detail["shape"]]
+        _, self.height, self.width = self.shape[:3]
+        self.channels = self.shape[3] if len(self.shape) > 3 else 1
+        self.lut = _lut(spec.normalization, detail)
+        self.last_box: tuple[int, int, int, int] | None = None
+        self.last_image: np.ndarray | None = None  # what the model saw, 0..255
+
+    def image(self, frame: np.ndarray) -> np.ndarray:
+        """The model-space picture (uint8, HxW or HxWx3) for a frame, before normalization."""
+        frame = crop_roi(frame, self.roi)
+        size = (self.width, self.height)
+        if self.mode == "digit":
+            found = find_digit(to_grey(frame), self.digit)
+            if found is None:
+                self.last_box = None
+                img = np.zeros((self.height, self.width), np.uint8)
+            else:
+                crop, self.last_box = found
+                img = centre_digit(crop, size, self.digit.box_frac)
+            if self.spec.polarity == "dark_on_light":
+                img = 255 - img
+            if self.spec.colour == "rgb":
+                img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+            return img
+        img = to_grey(frame) if self.spec.colour == "grey" else to_rgb(frame)
+        img = resize(img, size, self.spec.resize)
+        if self._should_invert(img):
+            img = 255 - img
+        return img
+
+    def _should_invert(self, img: np.ndarray) -> bool:
+        if self.invert != "auto":
+            return self.invert == "always"
+        if self.spec.polarity == "any":
+            return False
+        light_ground = float(np.median(img)) > 127
+        return light_ground if self.spec.polarity == "light_on_dark" else not light_ground
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        img = self.image(frame)
+        self.last_image = img
+        if img.ndim == 2 and self.channels == 3:
+            img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+        return self.lut[img].reshape(self.shape)

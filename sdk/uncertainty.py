@@ -1,0 +1,167 @@
+"""Pick the frames the model is unsure of, to send back for labelling.
+
+A frame is selected for low top-1 confidence, a small top-1/top-2 margin, a high normalised
+entropy, or a random audit draw; selections are rate-limited (per minute and per hour) and
+de-duplicated with a 64-bit perceptual hash (DCT of a 32x32 thumbnail, as imagehash's
+``phash``, computed with OpenCV so a device needs no SciPy). The image is encoded PNG or
+JPEG under a byte cap (lower JPEG quality, then smaller).
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import cv2
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+REASONS = ("low_confidence", "small_margin", "high_entropy", "random_audit")
+
+
+@dataclass
+class SamplingPolicy:
+    enabled: bool = True
+    min_confidence: float = 0.6   # top-1 below this: low_confidence
+    min_margin: float = 0.2       # top-1 minus top-2 below this: small_margin
+    max_entropy: float = 0.5      # normalised entropy (0..1) above this: high_entropy
+    audit_fraction: float = 0.0   # share of the other frames sent anyway (random_audit)
+    per_minute: int = 10
+    per_hour: int = 200
+    dedup_distance: int = 6       # Hamming distance (of 64 bits) under which two frames are duplicates
+    dedup_window: int = 256       # how many recent hashes are remembered
+    image_format: str = "jpeg"    # png | jpeg
+    jpeg_quality: int = 85
+    max_side: int = 320           # longer side of the encoded image
+    max_bytes: int = 48_000       # cap on the encoded image
+
+
+@dataclass
+class Uncertainty:
+    confidence: float
+    margin: float
+    entropy: float
+
+    def as_dict(self) -> dict:
+        return {"confidence": self.confidence, "margin": self.margin, "entropy": self.entropy}
+
+
+def measure(probs: np.ndarray) -> Uncertainty:
+    p = np.clip(np.asarray(probs, dtype=np.float64), 0, None)
+    total = p.sum()
+    p = p / total if total > 0 else np.full_like(p, 1 / len(p))
+    top = np.sort(p)[::-1]
+    second = top[1] if len(top) > 1 else 0.0
+    nz = p[p > 0]
+    ent = float(-(nz * np.log(nz)).sum() / np.log(len(p))) if len(p) > 1 else 0.0
+    return Uncertainty(float(top[0]), float(top[0] - second), min(1.0, max(0.0, ent)))
+
+
+def reasons_for(u: Uncertainty, policy: SamplingPolicy) -> list[str]:
+    out = []
+    if u.confidence < policy.min_confidence:
+        out.append("low_confidence")
+    if u.margin < policy.min_margin:
+        out.append("small_margin")
+    if u.entropy > policy.max_entropy:
+        out.append("high_entropy")
+    return out
+
+
+def phash(image: np.ndarray) -> int:
+    """64-bit perceptual hash: sign of the 8x8 lowest DCT frequencies against their median."""
+    grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    small = cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
+    low = cv2.dct(small)[:8, :8]
+    bits = (low > np.median(low)).flatten()
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def hamming(a: int, b: int) -> int:
+    return (a ^ b).bit_count()
+
+
+def encode_image(image: np.ndarray, fmt: str = "jpeg", max_bytes: int = 48_000, max_side: int = 320,
+                 quality: int = 85) -> tuple[bytes, int, int]:
+    """Encode under ``max_bytes``: ``(data, width, height)``. Raises ValueError if impossible."""
+    if fmt not in ("png", "jpeg"):
+        raise ValueError(f"unknown image format {fmt!r}; valid: png, jpeg")
+    h, w = image.shape[:2]
+    s = min(1.0, max_side / max(h, w))
+    while True:
+        img = image if s >= 1 else cv2.resize(image, (max(1, int(w * s)), max(1, int(h * s))), interpolation=cv2.INTER_AREA)
+        qualities = [quality, 70, 50, 30] if fmt == "jpeg" else [None]
+        for q in qualities:
+            if fmt == "jpeg":
+                ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, q])
+            else:
+                ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 6])
+            if ok and buf.size <= max_bytes:
+                return buf.tobytes(), img.shape[1], img.shape[0]
+        if max(img.shape[:2]) <= 16:
+            raise ValueError(f"cannot encode a frame under {max_bytes} bytes")
+        s *= 0.7
+
+
+@dataclass
+class Selection:
+    reasons: list[str]
+    uncertainty: Uncertainty
+    image: bytes
+    image_format: str
+    width: int
+    height: int
+    hash: int
+
+
+@dataclass
+class Sampler:
+    """Stateful selector: ``consider(frame, probs)`` returns a :class:`Selection` or None."""
+
+    policy: SamplingPolicy = field(default_factory=SamplingPolicy)
+    seed: int | None = None
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+        self._minute: collections.deque[float] = collections.deque()
+        self._hour: collections.deque[float] = collections.deque()
+        self._hashes: collections.deque[int] = collections.deque(maxlen=self.policy.dedup_window)
+        self.considered = self.selected = self.rate_limited = self.duplicates = 0
+
+    def _within_rate(self, now: float) -> bool:
+        while self._minute and now - self._minute[0] >= 60:
+            self._minute.popleft()
+        while self._hour and now - self._hour[0] >= 3600:
+            self._hour.popleft()
+        return len(self._minute) < self.policy.per_minute and len(self._hour) < self.policy.per_hour
+
+    def consider(self, frame: np.ndarray, probs: np.ndarray) -> Selection | None:
+        if not self.policy.enabled:
+            return None
+        self.considered += 1
+        u = measure(probs)
+        reasons = reasons_for(u, self.policy)
+        if not reasons and self.policy.audit_fraction > 0 and self._rng.random() < self.policy.audit_fraction:
+            reasons = ["random_audit"]
+        if not reasons:
+            return None
+        now = self.clock()
+        if not self._within_rate(now):
+            self.rate_limited += 1
+            return None
+        h = phash(frame)
+        if any(hamming(h, k) <= self.policy.dedup_distance for k in self._hashes):
+            self.duplicates += 1
+            return None
+        data, w, hh = encode_image(frame, self.policy.image_format, self.policy.max_bytes, self.policy.max_side,
+                                   self.policy.jpeg_quality)
+        self._hashes.append(h)
+        self._minute.append(now)
+        self._hour.append(now)
+        self.selected += 1
+        return Selection(reasons, u, data, self.policy.image_format, w, hh, h)

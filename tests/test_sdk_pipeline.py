@@ -1,0 +1,292 @@
+"""Device pipeline end to end: real video (OpenCV), real LiteRT bundle, real mosquitto."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import jsonschema
+import numpy as np
+import pytest
+
+from mqtt_fixtures import Broker, Collector, free_port, mosquitto  # noqa: F401  (fixture)
+from sdk_bundle_fixture import load_mnist, sdk_bundle  # noqa: F401  (fixture)
+from videos import paper_frame, write_digit_video
+
+import sdk
+from sdk.config import Config
+from sdk.messages import load_schema
+from sdk.pipeline import Classifier, Pipeline, PipelineSettings
+from sdk.runtime import load_bundle
+from sdk.sources import LiveSource
+from sdk.topics import Topics
+from sdk.uncertainty import measure, reasons_for, SamplingPolicy
+
+REPO = Path(__file__).resolve().parents[1]
+DEVICE = "dev1"
+
+
+@pytest.fixture(scope="session")
+def mnist_test(mnist_dir):
+    return load_mnist(mnist_dir, "test")
+
+
+@pytest.fixture(scope="session")
+def digit_video(tmp_path_factory, mnist_test):
+    x, _ = mnist_test
+    return write_digit_video(tmp_path_factory.mktemp("video") / "digits40.avi", x[:40], seed=11)
+
+
+def frame_count(path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    return n
+
+
+def make_config(bundle, source, broker, tmp_path, **kw) -> Config:
+    mqtt = {"broker": broker, "outbox_path": str(tmp_path / "outbox.sqlite"), "reconnect_min_s": 0.2,
+            "reconnect_max_s": 1.0, **kw.pop("mqtt", {})}
+    return Config(device_id=DEVICE, source=source, model=str(bundle), mqtt=mqtt,
+                  sampling=kw.pop("sampling", {"enabled": False}), metrics_interval_s=kw.pop("metrics_interval_s", 0.5),
+                  **kw)
+
+
+def validate(kind: str, payloads) -> list[dict]:
+    schema = load_schema(kind)
+    out = []
+    for p in payloads:
+        msg = json.loads(p)
+        jsonschema.validate(msg, schema)
+        out.append(msg)
+    return out
+
+
+def test_every_frame_result_arrives_and_validates(sdk_bundle, digit_video, mosquitto, tmp_path):
+    n = frame_count(digit_video)
+    col = Collector(mosquitto.port, ("edge/#",))
+    assert col.wait_subscribed()
+    stats = sdk.run(make_config(sdk_bundle, f"video:{digit_video}", mosquitto.address, tmp_path, top_k=3))
+    assert stats.ended_by == "source_ended" and stats.frames == n == 40
+    assert col.wait_for(lambda c: len(c.on("/result")) >= n and any(b'"stopped"' in p for p in c.on("/event")))
+    results = validate("result", col.on(f"{DEVICE}/result"))
+    assert sorted(r["seq"] for r in results) == list(range(n))
+    assert sorted(r["frame_id"] for r in results) == list(range(n))
+    r0 = results[0]
+    assert r0["model"]["sha256"] == json.loads((sdk_bundle / "manifest.json").read_text())["sha256"]
+    assert len(r0["top_k"]) == 3 and r0["top_k"][0]["score"] >= r0["top_k"][1]["score"]
+    assert set(r0["latency_ms"]) >= {"preprocess", "inference", "total"}
+    events = validate("event", col.on(f"{DEVICE}/event"))
+    assert [e["event"] for e in events][0] == "started"
+    assert {"source_ended", "stopped"} <= {e["event"] for e in events}
+    metrics = validate("metrics", col.on(f"{DEVICE}/metrics"))
+    assert metrics and metrics[-1]["frames"] == n
+    status = [p for t, p, _ in col.messages if t == f"edge/v1/{DEVICE}/status"]
+    assert status[0] == b"online" and status[-1] == b"offline"  # clean exit publishes offline
+    col.close()
+
+
+def test_mosquitto_sub_receives_results_from_the_cli(sdk_bundle, digit_video, mosquitto, tmp_path):
+    n = frame_count(digit_video)
+    sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-q", "1",
+                            "-t", f"edge/v1/{DEVICE}/result", "-C", str(n), "-W", "60"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # let mosquitto_sub subscribe
+    cli = subprocess.run([sys.executable, "-m", "sdk.cli", "--video", str(digit_video), "--model", str(sdk_bundle),
+                          "--broker", mosquitto.address, "--device-id", DEVICE, "--top-k", "2",
+                          "--outbox", str(tmp_path / "o.sqlite")],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    out, err = sub.communicate(timeout=60)
+    assert sub.returncode == 0, err
+    lines = out.strip().splitlines()
+    results = validate("result", lines)
+    assert sorted(r["seq"] for r in results) == list(range(n))
+    assert all(len(r["top_k"]) == 2 for r in results)
+
+
+def test_broker_killed_mid_stream_every_seq_arrives(sdk_bundle, mnist_test, tmp_path):
+    x, _ = mnist_test
+    video = write_digit_video(tmp_path / "v.avi", x[100:220], seed=5)
+    broker = Broker(tmp_path / "broker", persistent=True).start()
+    col = Collector(broker.port, (f"edge/v1/{DEVICE}/result",), client_id="sf-collector", persistent_session=True)
+    assert col.wait_subscribed()
+    cfg = make_config(sdk_bundle, f"video:{video}", broker.address, tmp_path, fps_cap=30)
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("stats", sdk.run(cfg)))
+    t.start()
+    try:
+        assert col.wait_for(lambda c: len(c.on("/result")) >= 20)
+        broker.kill()  # SIGKILL mid-stream
+        killed_at = len(col.on("/result"))
+        time.sleep(1.2)  # the device keeps classifying; results queue on disk
+        broker.start()
+        t.join(60)
+        assert not t.is_alive()
+        stats = out["stats"]
+        assert stats.published == 120
+        assert col.wait_for(lambda c: {json.loads(p)["seq"] for p in c.on("/result")} >= set(range(120)), 30)
+    finally:
+        col.close()
+        broker.stop()
+    seqs = [json.loads(p)["seq"] for p in col.on("/result")]
+    assert killed_at < 120
+    first = sorted({s: i for i, s in reversed(list(enumerate(seqs)))}.items(), key=lambda kv: kv[1])
+    assert [s for s, _ in first] == list(range(120)), "results must first arrive in seq order"
+
+
+def _outbox_rows(path: Path) -> int:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+    except sqlite3.OperationalError:  # the table is not created yet
+        return 0
+    finally:
+        db.close()
+
+
+def test_sigterm_keeps_queue_and_next_start_delivers_it(sdk_bundle, digit_video, tmp_path):
+    port = free_port()  # nothing listens there yet: the broker is down
+    outbox = tmp_path / "outbox.sqlite"
+    args = [sys.executable, "-m", "sdk.cli", "--video", str(digit_video), "--loop", "--fps-cap", "40",
+            "--model", str(sdk_bundle), "--broker", f"127.0.0.1:{port}", "--device-id", DEVICE, "--outbox", str(outbox)]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 60
+        while time.monotonic() < end and not (outbox.exists() and _outbox_rows(outbox) >= 30):
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    queued = _outbox_rows(outbox)
+    assert queued >= 30
+    broker = Broker(tmp_path / "broker", port=port).start()
+    col = Collector(port, (f"edge/v1/{DEVICE}/#",))
+    assert col.wait_subscribed()
+    try:
+        rc = subprocess.run(args[:5] + ["--max-frames", "1"] + args[8:], cwd=REPO, capture_output=True, text=True,
+                            timeout=60)
+        assert rc.returncode == 0, rc.stderr
+        assert _outbox_rows(outbox) == 0
+        results = validate("result", col.on("/result"))
+        first_run = [r for r in results if r["run_id"] != results[-1]["run_id"]]
+        seqs = sorted(r["seq"] for r in first_run)
+        assert seqs == list(range(len(seqs))) and len(seqs) >= 25  # nothing lost, no gap
+        assert any(json.loads(p)["event"] == "stopped" and json.loads(p)["detail"]["reason"] == "stopped"
+                   for p in col.on("/event"))
+    finally:
+        col.close()
+        broker.stop()
+
+
+def mixed_frames(x, rng, n_clear=20, n_mixed=8):
+    """Clear digits and two digits blended into one (the model cannot be sure of those)."""
+    frames = [paper_frame(x[i], rng) for i in range(n_clear)]
+    for i in range(n_mixed):
+        blend = np.maximum(x[200 + i], x[300 + i])
+        frames.append(paper_frame(blend, rng))
+    order = rng.permutation(len(frames))
+    return [frames[i] for i in order]
+
+
+def test_samples_selected_for_unsure_frames_only(sdk_bundle, mnist_test, mosquitto, tmp_path):
+    x, _ = mnist_test
+    rng = np.random.default_rng(3)
+    w = cv2.VideoWriter(str(tmp_path / "m.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (640, 480))
+    for f in mixed_frames(x, rng):
+        w.write(f)
+    w.release()
+    policy = {"enabled": True, "min_confidence": 0.9, "min_margin": 0.6, "max_entropy": 0.35,
+              "per_minute": 1000, "per_hour": 1000, "dedup_distance": 0, "max_bytes": 20000, "image_format": "jpeg"}
+    col = Collector(mosquitto.port, (f"edge/v1/{DEVICE}/#",))
+    assert col.wait_subscribed()
+    stats = sdk.run(make_config(sdk_bundle, f"video:{tmp_path / 'm.avi'}", mosquitto.address, tmp_path,
+                                top_k=10, sampling=policy))
+    assert col.wait_for(lambda c: len(c.on("/result")) >= stats.frames and len(c.on("/sample")) >= stats.samples)
+    results = validate("result", col.on("/result"))
+    samples = validate("sample", col.on("/sample"))
+    pol = SamplingPolicy(**{k: v for k, v in policy.items() if k in SamplingPolicy.__dataclass_fields__})
+    unsure = {}
+    for r in results:
+        probs = np.zeros(10)
+        for c in r["top_k"]:
+            probs[c["index"]] = c["score"]
+        reasons = reasons_for(measure(probs), pol)
+        if reasons:
+            unsure[r["frame_id"]] = reasons
+    assert 0 < len(unsure) < len(results), "the video must hold both sure and unsure frames"
+    assert {s["frame_id"]: s["reasons"] for s in samples} == unsure
+    for s in samples:
+        assert s["image"]["bytes"] <= 20000
+        import base64
+
+        img = cv2.imdecode(np.frombuffer(base64.b64decode(s["image"]["data"]), np.uint8), cv2.IMREAD_COLOR)
+        assert img.shape[:2] == (s["image"]["height"], s["image"]["width"])
+        assert max(img.shape[:2]) <= 320
+        mi = cv2.imdecode(np.frombuffer(base64.b64decode(s["model_input"]["data"]), np.uint8), cv2.IMREAD_GRAYSCALE)
+        assert mi.shape == (28, 28)
+    metrics = validate("metrics", col.on("/metrics"))
+    assert metrics[-1]["samples"] == len(samples) and metrics[-1]["samples_duplicate"] == 0
+    col.close()
+
+
+def test_publish_on_change_only(sdk_bundle, mnist_test, mosquitto, tmp_path):
+    x, y = mnist_test
+    idx = [i for i in range(len(y)) if y[i] == 1][:5] + [i for i in range(len(y)) if y[i] == 0][:5]
+    video = write_digit_video(tmp_path / "c.avi", x[idx], seed=2)
+    col = Collector(mosquitto.port, (f"edge/v1/{DEVICE}/result",))
+    assert col.wait_subscribed()
+    stats = sdk.run(make_config(sdk_bundle, f"video:{video}", mosquitto.address, tmp_path, publish={"mode": "change"}))
+    assert stats.frames == 10
+    assert col.wait_for(lambda c: len(c.on("/result")) >= stats.published)
+    labels = [r["top_k"][0]["label"] for r in validate("result", col.on("/result"))]
+    assert labels == ["1", "0"] and stats.published == 2
+    col.close()
+
+
+def test_loop_flag_restarts_video(sdk_bundle, digit_video, tmp_path):
+    stats = sdk.run(Config(device_id=DEVICE, source=f"video:{digit_video}", model=str(sdk_bundle), loop=True,
+                           max_frames=100, mqtt={"enabled": False}, sampling={"enabled": False}))
+    assert stats.frames == 100 and stats.ended_by == "max_frames"
+
+
+def test_live_source_reconnects_and_reports_it(sdk_bundle, digit_video, mosquitto, tmp_path):
+    """A stream that drops (a video file read as a live source ends) is reopened with backoff;
+    stale frames are dropped and counted; the disconnect and reconnect are published."""
+    bundle = load_bundle(sdk_bundle)
+    opened = []
+
+    def opener():
+        opened.append(time.monotonic())
+        return cv2.VideoCapture(str(digit_video))
+
+    topics = Topics(DEVICE)
+    col = Collector(mosquitto.port, (f"edge/v1/{DEVICE}/#",))
+    assert col.wait_subscribed()
+    from sdk.mqtt import MqttPublisher
+
+    with LiveSource(opener, "test-stream", fps_cap=50, backoff_min_s=0.1, backoff_max_s=0.4) as src, \
+            MqttPublisher("127.0.0.1", mosquitto.port, "live", status_topic=topics.status) as pub:
+        stats = Pipeline(src, Classifier(bundle), pub, topics,
+                         PipelineSettings(max_frames=60, metrics_interval_s=0.2)).run()
+        assert pub.flush(10)
+    assert len(opened) >= 2 and src.reconnects >= 1
+    assert stats.dropped_frames > 0
+    assert col.wait_for(lambda c: any(b"source_reconnected" in p for p in c.on("/event")))
+    events = validate("event", col.on("/event"))
+    kinds = [e["event"] for e in events]
+    assert "source_disconnected" in kinds and "source_reconnected" in kinds
+    assert validate("metrics", col.on("/metrics"))[-1]["dropped_frames"] > 0
+    col.close()

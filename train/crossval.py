@@ -1,0 +1,107 @@
+"""``python -m train.crossval``: stratified K-fold cross-validation of a model on a dataset.
+
+    python -m train.crossval --model lenet5 --data train.csv --folds 5 --epochs 10
+
+Takes the same flags as ``train.train`` plus ``--folds``. Every fold trains a fresh model on
+K-1 folds and is scored on the held-out fold; the output is each metric's mean and standard
+deviation over the folds (``crossval.json`` in the output directory, and a table on stdout).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from train.config import TrainConfig
+from train.data import DataError, kfold_indices, load_dataset, stratified_sample
+from train.data_pipeline import convert_colour, make_augmenter, make_tf_dataset
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted", "roc_auc_macro")
+
+
+def cross_validate(config: TrainConfig, folds: int = 5, out_dir: str | Path | None = None) -> dict[str, Any]:
+    from train import models
+    from train._tf import keras
+    from train.evaluate import classification_metrics, predict_proba
+    from train.train import _fit
+
+    if folds < 2:
+        raise ValueError(f"--folds must be at least 2, got {folds}")
+    size = tuple(config.image_size) if config.image_size else None
+    ds = convert_colour(load_dataset(config.data, split="train", image_size=size, colour=config.colour), config.colour)
+    if ds.y is None:
+        raise DataError(f"{config.data}: cross-validation needs labels")
+    if config.train_limit is not None and config.train_limit < len(ds):
+        ds = stratified_sample(ds, config.train_limit, seed=config.seed)
+    out = Path(out_dir or Path(config.runs_dir) / f"cv-{config.model}-{datetime.now():%Y%m%d-%H%M%S}")
+    out.mkdir(parents=True, exist_ok=True)
+    fold_results = []
+    for k, (tr_idx, va_idx) in enumerate(kfold_indices(ds, k=folds, seed=config.seed), start=1):
+        keras.utils.set_random_seed(config.seed + k)
+        tr, va = ds.subset(tr_idx), ds.subset(va_idx)
+        border = float(np.median(tr.x[:2000, 0]))
+        train_data = make_tf_dataset(tr, config.batch_size, training=True,
+                                     augmenter=make_augmenter(config.augment, tr.image_shape, border, config.seed), seed=config.seed)
+        val_data = make_tf_dataset(va, config.batch_size, training=False)
+        model = models.create_model(config.model, tr.image_shape, ds.num_classes, **config.model_kwargs)
+        fold_dir = out / f"fold{k}"
+        fold_dir.mkdir(exist_ok=True)
+        t = time.perf_counter()
+        hist = _fit(model, config.model_copy(update={"tensorboard": False}), train_data, val_data, config.epochs,
+                    config.learning_rate, fold_dir, int(np.ceil(len(tr) / config.batch_size)))
+        m = classification_metrics(va.y, predict_proba(model, va.x), ds.class_names)
+        row = {"fold": k, "n_train": len(tr), "n_val": len(va), "epochs": len(hist.history["loss"]),
+               "seconds": round(time.perf_counter() - t, 1), **{name: m.get(name) for name in METRICS}}
+        fold_results.append(row)
+        logger.info("fold %d/%d: accuracy %.4f macro F1 %.4f", k, folds, row["accuracy"], row["f1_macro"])
+        keras.backend.clear_session()
+    summary = {
+        name: {"mean": float(np.mean([r[name] for r in fold_results])), "std": float(np.std([r[name] for r in fold_results], ddof=1))}
+        for name in METRICS
+        if all(r.get(name) is not None for r in fold_results)
+    }
+    result = {"model": config.model, "data": config.data, "folds": folds, "n": len(ds), "per_fold": fold_results, "summary": summary,
+              "config": json.loads(config.model_dump_json())}
+    (out / "crossval.json").write_text(json.dumps(result, indent=2) + "\n")
+    result["out_dir"] = str(out)
+    return result
+
+
+def format_result(result: dict[str, Any]) -> str:
+    lines = [f"{result['folds']}-fold stratified CV of {result['model']} on {result['data']} (n={result['n']})",
+             f"{'metric':<16}{'mean':>8}{'std':>8}"]
+    for name, s in result["summary"].items():
+        lines.append(f"{name:<16}{s['mean']:>8.4f}{s['std']:>8.4f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from train.train import build_parser, config_from_args
+
+    p = build_parser()
+    p.prog = "python -m train.crossval"
+    p.description = __doc__
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--out", help="output directory (default: runs/cv-MODEL-TIME)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = cross_validate(config_from_args(args), folds=args.folds, out_dir=args.out)
+    except (DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_result(result))
+    print(f"written: {Path(result['out_dir']) / 'crossval.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""From a TrainConfig to the splits and the tf.data pipelines that feed training.
+
+``build_splits`` is deterministic in the config (spec, fractions, seed), so evaluation and export
+can rebuild exactly the validation and test sets a run was judged on.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from train.config import AugmentConfig, TrainConfig
+from train.data import DataError, Dataset, load_dataset, stratified_sample, stratified_split
+
+logger = logging.getLogger(__name__)
+
+def _has_test_split(spec: str) -> bool:
+    """Whether ``spec`` can hold a test split of its own. A single file of rows (CSV, semeion.data,
+    one IDX file) cannot: its loader ignores ``split``, so asking for "test" would return the
+    training rows again."""
+    p = Path(spec)
+    return not p.is_file() or p.suffix.lower() in (".npz", ".zip")
+
+
+def convert_colour(ds: Dataset, colour: str | None) -> Dataset:
+    """Grey <-> RGB conversion so that every split has the channels the model expects."""
+    if colour is None:
+        return ds
+    channels = ds.x.shape[-1]
+    if colour == "grey" and channels == 3:
+        x = np.round(ds.x.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
+        ds.x = np.clip(x, 0, 255).astype(np.uint8)[..., None]
+    elif colour == "rgb" and channels == 1:
+        ds.x = np.repeat(ds.x, 3, axis=-1)
+    return ds
+
+
+def detect_polarity(x: np.ndarray) -> str:
+    """'light_on_dark' when the image borders are dark (MNIST), 'dark_on_light' when light, else 'any'."""
+    border = np.concatenate(
+        [x[:, 0, :, :].ravel(), x[:, -1, :, :].ravel(), x[:, :, 0, :].ravel(), x[:, :, -1, :].ravel()]
+    )
+    m = float(border.mean())
+    if m < 40:
+        return "light_on_dark"
+    if m > 215:
+        return "dark_on_light"
+    return "any"
+
+
+def build_splits(config: TrainConfig) -> dict[str, Dataset | None]:
+    """Load ``config.data`` (and the test set) and split it as the config says.
+
+    Returns ``{"train", "val", "test"}``; ``test`` is None when there is no held-out set.
+    """
+    size = tuple(config.image_size) if config.image_size else None
+    full = load_dataset(config.data, split="train", image_size=size, colour=config.colour)
+    if full.y is None:
+        raise DataError(f"{config.data}: training data has no labels")
+    full = convert_colour(full, config.colour)
+    parts = stratified_split(full, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed)
+    test: Dataset | None = parts.get("test")
+    if test is None:
+        test_spec = config.test_data
+        if test_spec is None and _has_test_split(config.data):
+            test_spec = config.data
+        if test_spec is not None:
+            try:
+                test = load_dataset(test_spec, split="test", image_size=full.image_shape[:2], colour=config.colour)
+            except DataError:
+                if config.test_data is not None:
+                    raise
+                logger.info("%s has no test split; reporting validation metrics only", config.data)
+                test = None
+            if test is not None and test.y is None:
+                logger.info("%s: the test split has no labels; reporting validation metrics only", test_spec)
+                test = None
+            if test is not None:
+                test = convert_colour(test, config.colour or ("rgb" if full.x.shape[-1] == 3 else "grey"))
+                if test.class_names != full.class_names:
+                    raise DataError(
+                        f"{test_spec}: test classes {test.class_names} differ from training classes {full.class_names}"
+                    )
+    train = parts["train"]
+    if config.train_limit is not None and config.train_limit < len(train):
+        train = stratified_sample(train, config.train_limit, seed=config.seed)
+    return {"train": train, "val": parts["val"], "test": test}
+
+
+def make_augmenter(aug: AugmentConfig, image_shape: tuple[int, int, int], fill_value: float, seed: int):
+    """A Keras preprocessing stack applied to float batches of raw pixels (0..255), or None."""
+    from train._tf import keras
+
+    if not aug.enabled:
+        return None
+    h, w, _ = image_shape
+    L = keras.layers
+    layers = []
+    if aug.hflip or aug.vflip:
+        mode = "horizontal_and_vertical" if aug.hflip and aug.vflip else ("horizontal" if aug.hflip else "vertical")
+        layers.append(L.RandomFlip(mode, seed=seed))
+    if aug.rotation:
+        layers.append(L.RandomRotation(aug.rotation / 360.0, fill_mode="constant", fill_value=fill_value, seed=seed))
+    if aug.zoom:
+        layers.append(L.RandomZoom(aug.zoom, fill_mode="constant", fill_value=fill_value, seed=seed))
+    if aug.shift:
+        layers.append(L.RandomTranslation(aug.shift, aug.shift, fill_mode="constant", fill_value=fill_value, seed=seed))
+    if aug.crop:
+        ch, cw = max(1, round(h * (1 - aug.crop))), max(1, round(w * (1 - aug.crop)))
+        layers += [L.RandomCrop(ch, cw, seed=seed), L.Resizing(h, w)]
+    if aug.brightness:
+        layers.append(L.RandomBrightness(aug.brightness, value_range=(0.0, 255.0), seed=seed))
+    if aug.contrast:
+        layers.append(L.RandomContrast(aug.contrast, seed=seed))
+    if aug.noise_std:
+        layers.append(L.GaussianNoise(aug.noise_std, seed=seed))
+    if not layers:
+        return None
+    return keras.Sequential(layers, name="augment")
+
+
+def make_tf_dataset(ds: Dataset, batch_size: int, *, training: bool, augmenter=None, seed: int = 42):
+    """A batched, prefetched tf.data pipeline of (float32 raw pixels, int label)."""
+    from train._tf import tf
+
+    data = tf.data.Dataset.from_tensor_slices((ds.x, ds.y))
+    if training:
+        data = data.shuffle(min(len(ds), 20000), seed=seed, reshuffle_each_iteration=True)
+    data = data.batch(batch_size)
+    data = data.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    if augmenter is not None:
+
+        def _aug(x, y):
+            return tf.clip_by_value(augmenter(x, training=True), 0.0, 255.0), y
+
+        data = data.map(_aug, num_parallel_calls=tf.data.AUTOTUNE)
+    return data.prefetch(tf.data.AUTOTUNE)

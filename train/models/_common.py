@@ -1,0 +1,32 @@
+"""Pieces every model shares: the raw-pixel input with its ``Rescaling`` and the softmax head."""
+from __future__ import annotations
+
+from train._tf import keras
+
+layers = keras.layers
+
+#: Scale that turns 0..255 pixels into 0..1; what our own CNNs use.
+UNIT_SCALE = 1.0 / 255.0
+
+
+def pixel_input(input_shape, scale=UNIT_SCALE, offset=0.0):
+    """``(inputs, x)``: a float32 raw-pixel input and its ``Rescaling`` (the model's first layer)."""
+    inputs = keras.Input(shape=tuple(input_shape), dtype="float32", name="pixels")
+    x = layers.Rescaling(scale, offset=offset, name="rescale")(inputs)
+    return inputs, x
+
+
+def softmax_head(x, num_classes, name="logits"):
+    """Dense logits and a float32 softmax (float32 even under a mixed-precision policy)."""
+    x = layers.Dense(num_classes, name=name)(x)
+    return layers.Activation("softmax", dtype="float32", name="probs")(x)
+
+
+def need_min_size(model_name, input_shape, min_size, why=""):
+    """``ValueError`` when the input's height or width is below what the architecture needs."""
+    height, width = input_shape[:2]
+    if min(height, width) < min_size:
+        extra = f" ({why})" if why else ""
+        raise ValueError(
+            f"{model_name} needs inputs of at least {min_size}x{min_size}, got {height}x{width}{extra}"
+        )

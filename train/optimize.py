@@ -1,0 +1,644 @@
+"""Model optimization for the edge: pruning, weight clustering, quantization-aware training and
+post-training quantization (TFLite converter), plus the measurements that go with them.
+
+Each step is a free function that takes a tf_keras model and returns a new one; the input model is
+never modified (its weights are copied first). The usual chain, as ``train.export`` runs it::
+
+    model = prune(model, train, sparsity=0.8)          # prune_low_magnitude + fine-tune + strip
+    model = cluster(model, train, clusters=16)         # optional, keeps the zeros
+    model = quantize_aware(model, train)               # optional QAT, keeps zeros and clusters
+    tflite = convert(model, "full_int8", representative=calibration_set(train, 500))
+
+Models trained by ``train`` take raw 0..255 pixels (their first layer is a ``Rescaling``), so a
+calibration set is plain uint8 images and a full-integer model gets input scale 1, zero point 0.
+"""
+from __future__ import annotations
+
+import gzip
+import logging
+import math
+import os
+import time
+from typing import Callable, Iterator, Literal
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+Quantization = Literal["full_int8", "float16", "float32", "dynamic_range"]
+QUANTIZATIONS: tuple[str, ...] = ("full_int8", "float16", "float32", "dynamic_range")
+IO_DTYPES: tuple[str, ...] = ("uint8", "int8", "float32")
+
+
+class CalibrationError(ValueError):
+    """The representative dataset for post-training quantization is empty or unusable."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _tf():
+    from train._tf import keras, tf
+
+    return tf, keras
+
+
+def copy_model(model):
+    """An independent copy (new layers, same weights) so optimization never touches ``model``."""
+    _, keras = _tf()
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def _weight_layers():
+    _, keras = _tf()
+    return (keras.layers.Conv2D, keras.layers.Dense)  # DepthwiseConv2D is a Conv2D subclass
+
+
+def _kernel(layer):
+    for name in ("depthwise_kernel", "kernel"):
+        w = getattr(layer, name, None)
+        if w is not None:
+            return w
+    return None
+
+
+def _compile(model, learning_rate: float) -> None:
+    _, keras = _tf()
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=["accuracy"],
+    )
+
+
+def _fit_data(train, batch_size: int, seed: int, training: bool = True):
+    from train.data_pipeline import make_tf_dataset
+
+    if train is None or len(train) == 0:
+        raise ValueError("fine-tuning needs a non-empty labelled training set")
+    if train.y is None:
+        raise ValueError("fine-tuning needs labels; the training set is unlabelled")
+    return make_tf_dataset(train, batch_size, training=training, seed=seed)
+
+
+def gzip_size(data: bytes) -> int:
+    """Size of ``data`` after gzip -9: what sparse/clustered weights buy on the wire."""
+    return len(gzip.compress(data, compresslevel=9))
+
+
+def layer_sparsity_targets(model, sparsity: float, min_layer_weights: int = 1000, cap: float = 0.98) -> dict[str, float]:
+    """Per-layer pruning targets that give ``sparsity`` overall, small kernels kept dense."""
+    sizes = {
+        layer.name: int(np.prod(_kernel(layer).shape))
+        for layer in model.layers
+        if isinstance(layer, _weight_layers()) and _kernel(layer) is not None
+    }
+    total = sum(sizes.values())
+    big = {k: v for k, v in sizes.items() if v >= min_layer_weights}
+    if not big or sum(big.values()) == total:
+        return {k: float(sparsity) for k in sizes}
+    per_layer = sparsity * total / sum(big.values())
+    if per_layer > cap:
+        logger.warning(
+            "%.0f%% overall needs %.0f%% in the large kernels; capped at %.0f%% (overall will be lower)",
+            sparsity * 100, per_layer * 100, cap * 100,
+        )
+        per_layer = cap
+    return {k: float(per_layer) for k in big}
+
+
+def _epochs_for(train, batch_size: int, epochs: int, min_steps: int) -> int:
+    """``epochs``, raised so that fine-tuning runs at least ``min_steps`` steps."""
+    per_epoch = max(1, math.ceil(len(train) / batch_size))
+    return max(int(epochs), math.ceil(min_steps / per_epoch))
+
+
+# --------------------------------------------------------------------------- sparsity
+
+
+def sparsity_report(model) -> dict:
+    """Share of exactly-zero weights per Conv/Dense kernel and overall (biases not counted)."""
+    layers = []
+    total = zeros = 0
+    for layer in _iter_layers(model):
+        if not isinstance(layer, _weight_layers()):
+            continue
+        k = _kernel(layer)
+        if k is None:
+            continue
+        w = np.asarray(k.numpy())
+        n, z = int(w.size), int(np.count_nonzero(w == 0))
+        layers.append({"layer": layer.name, "weights": n, "zeros": z, "sparsity": round(z / n, 4) if n else 0.0})
+        total += n
+        zeros += z
+    return {"overall": round(zeros / total, 4) if total else 0.0, "weights": total, "zeros": zeros, "layers": layers}
+
+
+def _iter_layers(model):
+    _, keras = _tf()
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _iter_layers(layer)
+        else:
+            yield layer
+
+
+def tflite_weight_sparsity(model: bytes) -> float:
+    """Share of zero values in the constant weight tensors of a .tflite (int8/float weights)."""
+    from tensorflow.lite.tools import flatbuffer_utils as fu
+
+    obj = fu.convert_bytearray_to_object(bytearray(model))
+    total = zeros = 0
+    for sub in obj.subgraphs:
+        for op in sub.operators or []:
+            name = fu.opcode_to_name(obj, op.opcodeIndex)
+            if name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+                continue
+            if op.inputs is None or len(op.inputs) < 2 or op.inputs[1] < 0:
+                continue
+            t = sub.tensors[op.inputs[1]]
+            data = obj.buffers[t.buffer].data
+            if data is None or len(data) == 0:
+                continue
+            width = {0: 4, 1: 2, 9: 1, 3: 1}.get(int(t.type))  # FLOAT32, FLOAT16, INT8, UINT8
+            if width is None:
+                continue
+            raw = np.asarray(data, dtype=np.uint8).reshape(-1, width)
+            total += len(raw)
+            zeros += int(np.count_nonzero(~raw.any(axis=1)))
+    return round(zeros / total, 4) if total else 0.0
+
+
+# --------------------------------------------------------------------------- pruning
+
+
+def prune(
+    model,
+    train,
+    *,
+    sparsity: float,
+    epochs: int = 2,
+    batch_size: int = 128,
+    learning_rate: float = 5e-4,
+    min_steps: int = 400,
+    min_layer_weights: int = 1000,
+    seed: int = 42,
+    verbose: int = 0,
+):
+    """Magnitude pruning to ``sparsity`` with a polynomial schedule, fine-tuned, then stripped.
+
+    ``sparsity`` is the share of zeros over all Conv/Dense kernels. Kernels with fewer than
+    ``min_layer_weights`` weights (LeNet-5's first conv, 150 weights, and its classifier, 840)
+    hold almost nothing to save and lose the most accuracy when pruned, so they stay dense and
+    the larger kernels are pruned a little harder to reach the same overall share (per-layer
+    figures: :func:`sparsity_report`). ``min_layer_weights=0`` prunes every kernel alike.
+
+    Each pruned kernel is wrapped in ``prune_low_magnitude`` with
+    ``PolynomialDecay(0 -> target)`` over the first 70 % of the fine-tuning steps; the rest of
+    the steps fine-tune at the final sparsity. A small training split is repeated for at least
+    ``min_steps`` steps: a few dozen steps do not recover from 80 % pruning. Returns a plain
+    tf_keras model with the zeros in place (``strip_pruning``) and its BatchNormalization
+    statistics re-estimated (:func:`recalibrate_batchnorm`); measure the zeros with
+    :func:`sparsity_report`.
+    """
+    if not 0 < sparsity < 1:
+        raise ValueError(f"sparsity must be between 0 and 1 (exclusive), got {sparsity!r}")
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs!r}")
+    _, keras = _tf()
+    import tensorflow_model_optimization as tfmot
+
+    sp = tfmot.sparsity.keras
+    data = _fit_data(train, batch_size, seed)
+    epochs = _epochs_for(train, batch_size, epochs, min_steps)
+    steps = math.ceil(len(train) / batch_size) * epochs
+    end = max(1, int(steps * 0.7))
+
+    from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
+
+    targets = layer_sparsity_targets(model, sparsity, min_layer_weights)
+    schedules = {
+        name: sp.PolynomialDecay(
+            initial_sparsity=0.0, final_sparsity=s, begin_step=0, end_step=end, frequency=max(1, end // 25)
+        )
+        for name, s in targets.items()
+    }
+
+    def wrap(layer):
+        if layer.name in schedules and PruneRegistry.supports(layer):
+            return sp.prune_low_magnitude(layer, pruning_schedule=schedules[layer.name])
+        return layer
+
+    base = copy_model(model)
+    pruned = keras.models.clone_model(base, clone_function=wrap)
+    _compile(pruned, learning_rate)
+    t0 = time.perf_counter()
+    pruned.fit(data, epochs=epochs, callbacks=[sp.UpdatePruningStep()], verbose=verbose)
+    stripped = sp.strip_pruning(pruned)
+    recalibrate_batchnorm(stripped, train.x, seed=seed)
+    logger.info(
+        "pruned to %.0f%% in %d steps (%.1f s): real sparsity %.3f",
+        sparsity * 100, steps, time.perf_counter() - t0, sparsity_report(stripped)["overall"],
+    )
+    return stripped
+
+
+def recalibrate_batchnorm(model, x: np.ndarray, *, batches: int = 50, batch_size: int = 128, seed: int = 42) -> int:
+    """Re-estimate BatchNormalization moving statistics on ``x`` (uint8 images), in place.
+
+    Fine-tuning under a changing mask (pruning, clustering) moves the weights faster than the
+    moving averages (momentum 0.99) follow: a pruned ResNet then scores far below its training
+    accuracy at inference. Forward passes in training mode, momentum 0.9 and dropout off, bring
+    the statistics back to the final weights. Returns the number of BN layers updated.
+    """
+    _, keras = _tf()
+    layers = list(_iter_layers(model))
+    bns = [layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if not bns or x is None or len(x) == 0:
+        return 0
+    drops = [layer for layer in layers if isinstance(layer, keras.layers.Dropout)]
+    saved = [(layer.momentum) for layer in bns], [layer.rate for layer in drops]
+    for layer in bns:
+        layer.momentum = 0.9
+    for layer in drops:
+        layer.rate = 0.0
+    rng = np.random.default_rng(seed)
+    try:
+        for _ in range(batches):
+            idx = rng.choice(len(x), size=min(batch_size, len(x)), replace=False)
+            model(x[idx].astype(np.float32), training=True)
+    finally:
+        for layer, m in zip(bns, saved[0]):
+            layer.momentum = m
+        for layer, r in zip(drops, saved[1]):
+            layer.rate = r
+    logger.info("re-estimated the statistics of %d BatchNormalization layers", len(bns))
+    return len(bns)
+
+
+# --------------------------------------------------------------------------- clustering
+
+
+def cluster(
+    model,
+    train,
+    *,
+    clusters: int,
+    epochs: int = 1,
+    batch_size: int = 128,
+    learning_rate: float = 1e-4,
+    preserve_sparsity: bool = True,
+    min_steps: int = 150,
+    seed: int = 42,
+    verbose: int = 0,
+):
+    """Weight clustering (``cluster_weights``) to ``clusters`` shared values per kernel, fine-tuned,
+    stripped. ``preserve_sparsity`` keeps the zeros of a pruned model at zero.
+
+    Layers with fewer weights than ``4 * clusters`` are left alone (nothing to share).
+    Centroids start linearly spaced: k-means++ fails on small, mostly-zero kernels.
+    """
+    if not isinstance(clusters, int) or clusters < 2:
+        raise ValueError(f"clusters must be an integer >= 2, got {clusters!r}")
+    _, keras = _tf()
+    import tensorflow_model_optimization as tfmot
+
+    cl = tfmot.clustering.keras
+    data = _fit_data(train, batch_size, seed)
+    epochs = _epochs_for(train, batch_size, epochs, min_steps)
+
+    def wrap(layer):
+        k = _kernel(layer) if isinstance(layer, _weight_layers()) else None
+        if k is not None and int(np.prod(k.shape)) >= 4 * clusters:
+            return cl.cluster_weights(
+                layer,
+                number_of_clusters=clusters,
+                cluster_centroids_init=cl.CentroidInitialization.LINEAR,
+                preserve_sparsity=preserve_sparsity,
+            )
+        return layer
+
+    base = copy_model(model)
+    clustered = keras.models.clone_model(base, clone_function=wrap)
+    _compile(clustered, learning_rate)
+    clustered.fit(data, epochs=epochs, verbose=verbose)
+    stripped = cl.strip_clustering(clustered)
+    recalibrate_batchnorm(stripped, train.x, seed=seed)
+    logger.info("clustered weights to %d values per kernel", clusters)
+    return stripped
+
+
+def distinct_weights(model) -> dict[str, int]:
+    """Number of distinct values per Conv/Dense kernel (a clustered kernel has <= clusters)."""
+    return {
+        layer.name: int(np.unique(np.asarray(_kernel(layer).numpy())).size)
+        for layer in _iter_layers(model)
+        if isinstance(layer, _weight_layers()) and _kernel(layer) is not None
+    }
+
+
+# --------------------------------------------------------------------------- QAT
+
+
+def _output_quantize_config():
+    """QuantizeConfig that fake-quantizes only a layer's output (e.g. the input ``Rescaling``)."""
+    import tensorflow_model_optimization as tfmot
+
+    q = tfmot.quantization.keras
+
+    class OutputOnlyQuantizeConfig(q.QuantizeConfig):
+        def get_weights_and_quantizers(self, layer):
+            return []
+
+        def get_activations_and_quantizers(self, layer):
+            return []
+
+        def set_quantize_weights(self, layer, quantize_weights):
+            pass
+
+        def set_quantize_activations(self, layer, quantize_activations):
+            pass
+
+        def get_output_quantizers(self, layer):
+            return [q.quantizers.MovingAverageQuantizer(num_bits=8, per_axis=False, symmetric=False, narrow_range=False)]
+
+        def get_config(self):
+            return {}
+
+    return OutputOnlyQuantizeConfig
+
+
+def quantize_aware(
+    model,
+    train,
+    *,
+    epochs: int = 1,
+    batch_size: int = 128,
+    learning_rate: float = 1e-4,
+    preserve_sparsity: bool | None = None,
+    preserve_clusters: bool = False,
+    min_steps: int = 150,
+    seed: int = 42,
+    verbose: int = 0,
+):
+    """Quantization-aware training; returns the QAT model (convert it with ``convert``).
+
+    Uses tfmot's collaborative schemes so earlier optimizations survive: prune-preserving QAT
+    when the model has zeros (``preserve_sparsity`` None = detect), cluster-preserving QAT when
+    ``preserve_clusters``. Layers the 8-bit registry does not know and that have no weights
+    (e.g. ``Rescaling``) get their output fake-quantized only.
+    """
+    _, keras = _tf()
+    import tensorflow_model_optimization as tfmot
+
+    q = tfmot.quantization.keras
+    combine = tfmot.experimental.combine
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_registry,
+    )
+
+    registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+    if preserve_sparsity is None:
+        preserve_sparsity = sparsity_report(model)["overall"] > 0.2
+    if preserve_clusters:
+        scheme = combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=bool(preserve_sparsity))
+    elif preserve_sparsity:
+        scheme = combine.Default8BitPrunePreserveQuantizeScheme()
+    else:
+        scheme = q.default_8bit.Default8BitQuantizeScheme()
+    OutputOnly = _output_quantize_config()
+
+    def annotate(layer):
+        if isinstance(layer, keras.layers.InputLayer):
+            return layer
+        if registry.supports(layer) or isinstance(layer, keras.layers.BatchNormalization):
+            return q.quantize_annotate_layer(layer)
+        if layer.weights:
+            raise ValueError(
+                f"quantization-aware training does not support layer {layer.name!r} ({type(layer).__name__}); "
+                "export without --qat (post-training quantization still works)"
+            )
+        return q.quantize_annotate_layer(layer, quantize_config=OutputOnly())
+
+    base = copy_model(model)
+    data = _fit_data(train, batch_size, seed)
+    epochs = _epochs_for(train, batch_size, epochs, min_steps)
+    with q.quantize_scope({"OutputOnlyQuantizeConfig": OutputOnly}):
+        annotated = keras.models.clone_model(base, clone_function=annotate)
+        qat = q.quantize_apply(annotated, scheme)
+    _compile(qat, learning_rate)
+    qat.fit(data, epochs=epochs, verbose=verbose)
+    logger.info("quantization-aware training done (%s)", type(scheme).__name__)
+    return qat
+
+
+# --------------------------------------------------------------------------- PTQ / conversion
+
+
+def calibration_set(ds, n: int = 500, seed: int = 42) -> np.ndarray:
+    """``n`` images (uint8, NHWC) drawn stratified by class from ``ds``: the PTQ representative set."""
+    from train.data import stratified_sample
+
+    if ds is None or len(ds) == 0:
+        raise CalibrationError("the calibration set is empty: the training split holds no images")
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise CalibrationError(f"the calibration set is empty: --calibration-samples must be >= 1, got {n!r}")
+    n = int(min(n, len(ds)))
+    if n == len(ds):
+        return ds.x
+    if ds.y is None or n < ds.num_classes:
+        logger.warning("calibration set of %d images cannot hold every class; drawing it at random", n)
+        pick = np.sort(np.random.default_rng(seed).choice(len(ds), size=n, replace=False))
+        return ds.x[pick]
+    return stratified_sample(ds, n, seed=seed).x
+
+
+def representative_dataset(x: np.ndarray) -> Callable[[], Iterator[list[np.ndarray]]]:
+    """The converter's ``representative_dataset``: one float32 raw-pixel image per step."""
+    if x is None or len(x) == 0:
+        raise CalibrationError("the calibration set is empty")
+
+    def gen():
+        for i in range(len(x)):
+            yield [x[i : i + 1].astype(np.float32)]
+
+    return gen
+
+
+def convert(
+    model,
+    quantization: Quantization,
+    *,
+    representative: np.ndarray | None = None,
+    io_dtype: str = "uint8",
+    static_batch: bool = True,
+    per_channel_dense: bool = False,
+) -> bytes:
+    """Convert a tf_keras model (plain or QAT) to a .tflite flatbuffer.
+
+    - ``float32``: no optimization.
+    - ``float16``: FP16 weights, float32 input/output (GPU delegates compute in FP16).
+    - ``dynamic_range``: INT8 weights, float activations, no calibration.
+    - ``full_int8``: INT8 weights and activations, builtin INT8 ops only, ``io_dtype`` (uint8 or
+      int8) input and output; calibrated on ``representative`` (uint8 images), unless the model
+      is a QAT model, which carries its own ranges (``representative`` is then still used for
+      any tensor QAT did not cover).
+
+    Convolutions are quantized per channel; fully connected layers per tensor unless
+    ``per_channel_dense``. ``static_batch`` freezes the batch dimension to 1 (the Edge TPU needs static shapes; the
+    interpreter can still be resized on the host for batched evaluation).
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}; got {quantization!r}")
+    tf, _ = _tf()
+    shape = [1 if static_batch else None, *[int(d) for d in model.input_shape[1:]]]
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="pixels")])
+    def serve(pixels):
+        return model(pixels, training=False)
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], model)
+    if quantization == "full_int8" and not per_channel_dense:
+        # Per-tensor scales for fully connected layers, as TFLite always did and the Edge TPU
+        # expects; per-channel FC adds 12 bytes per output unit for weights and bias alike
+        # (5 KB, 8 % of an INT8 LeNet-5) for no measurable accuracy.
+        if hasattr(converter, "_experimental_disable_per_channel_quantization_for_dense_layers"):
+            converter._experimental_disable_per_channel_quantization_for_dense_layers = True
+        else:  # pragma: no cover - depends on the TensorFlow version
+            logger.info("this TensorFlow cannot switch off per-channel quantization of dense layers")
+    if quantization == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization == "dynamic_range":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quantization == "full_int8":
+        if io_dtype not in ("uint8", "int8"):
+            raise ValueError(f"io_dtype for a full-integer model must be uint8 or int8, got {io_dtype!r}")
+        if representative is None or len(representative) == 0:
+            raise CalibrationError("full-integer quantization needs a non-empty calibration set")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative_dataset(representative)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8 if io_dtype == "uint8" else tf.int8
+        converter.inference_output_type = tf.uint8 if io_dtype == "uint8" else tf.int8
+    t0 = time.perf_counter()
+    out = converter.convert()
+    logger.info("converted to %s: %d bytes in %.1f s", quantization, len(out), time.perf_counter() - t0)
+    return bytes(out)
+
+
+# --------------------------------------------------------------------------- running .tflite
+
+
+def make_interpreter(model: bytes, num_threads: int | None = None):
+    """A LiteRT interpreter (``ai_edge_litert``; ``tf.lite`` when LiteRT is not installed)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover - depends on the install
+        tf, _ = _tf()
+        Interpreter = tf.lite.Interpreter
+    return Interpreter(model_content=model, num_threads=num_threads)
+
+
+def io_details(model: bytes) -> dict:
+    """Shape, dtype and quantization of the first input and output, as the interpreter reports them."""
+    it = make_interpreter(model)
+
+    def one(d):
+        scale, zero = d["quantization"]
+        return {
+            "shape": [int(s) for s in d["shape"]],
+            "shape_signature": [int(s) for s in d.get("shape_signature", d["shape"])],
+            "dtype": np.dtype(d["dtype"]).name,
+            "quantization": {"scale": float(scale), "zero_point": int(zero)} if scale else None,
+        }
+
+    return {"input": one(it.get_input_details()[0]), "output": one(it.get_output_details()[0])}
+
+
+def _quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
+    dtype = np.dtype(detail["dtype"])
+    scale, zero = detail["quantization"]
+    if dtype == np.float32 or dtype == np.float16:
+        return x.astype(dtype)
+    real = x.astype(np.float32)  # raw pixels: the bundle's normalization is scale 1, offset 0
+    if scale:
+        info = np.iinfo(dtype)
+        return np.clip(np.round(real / scale) + zero, info.min, info.max).astype(dtype)
+    return real.astype(dtype)
+
+
+def predict_tflite(model: bytes, x: np.ndarray, *, batch_size: int = 256, num_threads: int | None = None) -> np.ndarray:
+    """Scores of a .tflite on uint8 images ``x`` (dequantized when the output is integer).
+
+    Resizes the input to ``batch_size`` so 10k MNIST images take about a second; falls back to
+    batch 1 if the model cannot be resized.
+    """
+    it = make_interpreter(model, num_threads=num_threads)
+    inp = it.get_input_details()[0]
+    batched = batch_size > 1 and len(x) > 1
+    if batched:
+        try:
+            it.resize_tensor_input(inp["index"], [batch_size, *inp["shape"][1:]], strict=False)
+            it.allocate_tensors()
+        except (RuntimeError, ValueError) as e:
+            logger.info("cannot resize the interpreter input (%s); evaluating with batch 1", e)
+            batched = False
+    if not batched:
+        it = make_interpreter(model, num_threads=num_threads)
+        it.allocate_tensors()
+        batch_size = 1
+    inp = it.get_input_details()[0]
+    out = it.get_output_details()[0]
+    scores = []
+    for start in range(0, len(x), batch_size):
+        chunk = x[start : start + batch_size]
+        n = len(chunk)
+        if n < batch_size:  # keep the allocated shape: pad the last batch
+            chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]), chunk.dtype)])
+        it.set_tensor(inp["index"], _quantize_input(chunk, inp))
+        it.invoke()
+        raw = it.get_tensor(out["index"])[:n]
+        scale, zero = out["quantization"]
+        if scale and raw.dtype != np.float32:
+            raw = (raw.astype(np.int64) - zero).astype(np.float32) * scale  # int64 before subtracting
+        scores.append(raw.astype(np.float32))
+    return np.concatenate(scores)
+
+
+def latency_tflite(
+    model: bytes, sample: np.ndarray, *, num_threads: int | None = None, runs: int = 200, warmup: int = 10, max_seconds: float = 10.0
+) -> dict:
+    """Batch-1 LiteRT latency (ms) on this machine: p50, p95, mean over up to ``runs`` invokes."""
+    it = make_interpreter(model, num_threads=num_threads)
+    it.allocate_tensors()
+    inp = it.get_input_details()[0]
+    x = _quantize_input(sample[:1], inp)
+    it.set_tensor(inp["index"], x)
+    for _ in range(warmup):
+        it.invoke()
+    times = []
+    deadline = time.perf_counter() + max_seconds
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        it.invoke()
+        times.append((time.perf_counter() - t0) * 1000)
+        if time.perf_counter() > deadline and len(times) >= 20:
+            break
+    t = np.asarray(times)
+    return {
+        "runtime": "ai_edge_litert",
+        "threads": num_threads,
+        "runs": int(len(t)),
+        "p50_ms": round(float(np.percentile(t, 50)), 4),
+        "p95_ms": round(float(np.percentile(t, 95)), 4),
+        "mean_ms": round(float(t.mean()), 4),
+    }
+
+
+def measuring_threads(requested: int | None) -> int:
+    """Threads to use for measurements here: the requested count, at most this machine's cores."""
+    cores = os.cpu_count() or 1
+    return max(1, min(requested or cores, cores))
