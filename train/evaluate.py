@@ -309,8 +309,10 @@ def predict_to_submission(run_dir: str | Path | None, spec: str, out: str | Path
     ds = load_dataset(spec)
     ids = ds.ids if ds.ids is not None else np.arange(1, len(ds) + 1)
     pred = predict_proba(run.model, ds.x).argmax(1)
-    labels = np.array(run.class_names)[pred]
-    write_kaggle_submission(ids, labels, out)
+    # Kaggle wants the label itself; for digit classes "0".."9" that is the class name.
+    if all(name.isdigit() for name in run.class_names):
+        pred = np.array([int(name) for name in run.class_names])[pred]
+    write_kaggle_submission(ids, pred, out)
     return Path(out)
 
 

@@ -144,6 +144,7 @@ def run_training(config: TrainConfig, *, evaluate: bool = True, callbacks: list 
     from train import models
     from train._tf import keras, tf
 
+    models.get_spec(config.model)  # an unknown model name fails before any data is read
     keras.utils.set_random_seed(config.seed)
     mixed = setup_precision(config.mixed_precision)
     strategy = pick_strategy(config.distribute)

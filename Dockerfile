@@ -1,3 +1,21 @@
+# Two images from one file:
+#   docker build --target host -t edgeclf-host .       # training + export (TensorFlow, CPU; GPU when run with --gpus)
+#   docker build --target device -t edgeclf-device .   # the device: LiteRT + OpenCV + paho-mqtt, no TensorFlow
+
+# ---- host image: train / evaluate / export ----
+FROM python:3.11-slim-bookworm AS host
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 TF_USE_LEGACY_KERAS=1
+WORKDIR /opt/edgeclf
+COPY pyproject.toml README.md ./
+COPY sdk/ sdk/
+COPY train/ train/
+COPY examples/ examples/
+COPY firmware_configs/ firmware_configs/
+RUN pip install ".[train,device,demo]"
+VOLUME ["/opt/edgeclf/runs"]
+ENTRYPOINT ["python", "-m"]
+CMD ["train.train", "--help"]
+
 # ---- device image: edge-classify without TensorFlow (LiteRT + OpenCV headless + paho-mqtt) ----
 # Builds for linux/amd64 and linux/arm64 (Raspberry Pi OS Bookworm / Jetson userland are both
 # Debian-based; every dependency ships aarch64 wheels):
