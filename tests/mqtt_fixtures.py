@@ -47,7 +47,7 @@ class Broker:
     def __init__(self, workdir: Path, conf_body: str = "allow_anonymous true\n", port: int | None = None,
                  persistent: bool = False):
         if not Path(MOSQUITTO).exists():
-            pytest.skip("mosquitto is not installed (apt-get install mosquitto mosquitto-clients)")
+            pytest.fail("mosquitto is not installed (apt-get install mosquitto mosquitto-clients)")
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
