@@ -137,10 +137,10 @@ def load_bundle(bundle_dir: str | Path, delegate: str = "auto", num_threads: int
     except BundleError as e:
         raise ManifestError(str(e)) from e
     model_path = path / manifest.model_file
-    if delegate == "edgetpu" and "edgetpu" in manifest.extra_files:
-        model_path = path / manifest.extra_files["edgetpu"]
-    elif delegate == "auto" and manifest.delegate == "edgetpu":
+    if delegate == "edgetpu" or (delegate == "auto" and manifest.delegate == "edgetpu"):
         delegate = "edgetpu"
+        if "edgetpu" in manifest.extra_files:  # the compiled *_edgetpu.tflite beside the CPU model
+            model_path = path / manifest.extra_files["edgetpu"]
     if not model_path.is_file():
         raise ModelError(f"{model_path}: model file named in the manifest is missing")
     if verify and model_path.name == manifest.model_file:
