@@ -20,7 +20,7 @@ import numpy as np
 
 from train.config import TrainConfig
 from train.data import DataError, kfold_indices, load_dataset, stratified_sample
-from train.data_pipeline import convert_colour, make_augmenter, make_tf_dataset
+from train.data_pipeline import make_augmenter, make_tf_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def cross_validate(config: TrainConfig, folds: int = 5, out_dir: str | Path | No
     if folds < 2:
         raise ValueError(f"--folds must be at least 2, got {folds}")
     size = tuple(config.image_size) if config.image_size else None
-    ds = convert_colour(load_dataset(config.data, split="train", image_size=size, colour=config.colour), config.colour)
+    ds = load_dataset(config.data, split="train", image_size=size, colour=config.colour)
     if ds.y is None:
         raise DataError(f"{config.data}: cross-validation needs labels")
     if config.train_limit is not None and config.train_limit < len(ds):

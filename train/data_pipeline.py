@@ -23,19 +23,6 @@ def _has_test_split(spec: str) -> bool:
     return not p.is_file() or p.suffix.lower() in (".npz", ".zip")
 
 
-def convert_colour(ds: Dataset, colour: str | None) -> Dataset:
-    """Grey <-> RGB conversion so that every split has the channels the model expects."""
-    if colour is None:
-        return ds
-    channels = ds.x.shape[-1]
-    if colour == "grey" and channels == 3:
-        x = np.round(ds.x.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
-        ds.x = np.clip(x, 0, 255).astype(np.uint8)[..., None]
-    elif colour == "rgb" and channels == 1:
-        ds.x = np.repeat(ds.x, 3, axis=-1)
-    return ds
-
-
 def detect_polarity(x: np.ndarray) -> str:
     """'light_on_dark' when the image borders are dark (MNIST), 'dark_on_light' when light, else 'any'."""
     border = np.concatenate(
@@ -58,7 +45,6 @@ def build_splits(config: TrainConfig) -> dict[str, Dataset | None]:
     full = load_dataset(config.data, split="train", image_size=size, colour=config.colour)
     if full.y is None:
         raise DataError(f"{config.data}: training data has no labels")
-    full = convert_colour(full, config.colour)
     parts = stratified_split(full, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed)
     test: Dataset | None = parts.get("test")
     if test is None:
@@ -67,7 +53,8 @@ def build_splits(config: TrainConfig) -> dict[str, Dataset | None]:
             test_spec = config.data
         if test_spec is not None:
             try:
-                test = load_dataset(test_spec, split="test", image_size=full.image_shape[:2], colour=config.colour)
+                test = load_dataset(test_spec, split="test", image_size=full.image_shape[:2],
+                                    colour="rgb" if full.x.shape[-1] == 3 else "grey")
             except DataError:
                 if config.test_data is not None:
                     raise
@@ -77,7 +64,6 @@ def build_splits(config: TrainConfig) -> dict[str, Dataset | None]:
                 logger.info("%s: the test split has no labels; reporting validation metrics only", test_spec)
                 test = None
             if test is not None:
-                test = convert_colour(test, config.colour or ("rgb" if full.x.shape[-1] == 3 else "grey"))
                 if test.class_names != full.class_names:
                     raise DataError(
                         f"{test_spec}: test classes {test.class_names} differ from training classes {full.class_names}"

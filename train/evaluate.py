@@ -286,13 +286,11 @@ def evaluate_run(run_dir: str | Path, *, model=None, splits: dict | None = None,
 def evaluate_on(run_dir: str | Path | None, spec: str, split: str = "test") -> dict[str, Any]:
     """The run's model on another labelled dataset (resized/colour-converted to the model's input)."""
     from train.data import load_dataset
-    from train.data_pipeline import convert_colour
     from train.runs import load_run
 
     run = load_run(run_dir)
     h, w, c = run.input_shape
     ds = load_dataset(spec, split=split, image_size=(h, w), colour="rgb" if c == 3 else "grey")
-    ds = convert_colour(ds, "rgb" if c == 3 else "grey")
     if ds.y is None:
         raise ValueError(f"{spec}: has no labels; use --predict to write predictions instead")
     if ds.class_names != run.class_names:
