@@ -29,3 +29,32 @@ def mnist_dir(shared_data) -> Path:
 @pytest.fixture(scope="session")
 def fashion_dir(shared_data) -> Path:
     return _need(shared_data / "fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory, mnist_dir) -> Path:
+    """A LeNet-5 run on 3,000 real MNIST training images, 3 epochs, via the real trainer."""
+    from train.config import TrainConfig
+    from train.train import run_training
+
+    config = TrainConfig(
+        model="lenet5",
+        data=str(mnist_dir),
+        train_limit=3000,
+        epochs=3,
+        batch_size=64,
+        lr_schedule="none",
+        early_stopping_patience=0,
+        runs_dir=str(tmp_path_factory.mktemp("runs")),
+        run_name="lenet5-small",
+        tensorboard=False,
+        verbose=0,
+    )
+    return run_training(config, evaluate=False)
+
+
+@pytest.fixture(scope="session")
+def mnist_test(mnist_dir):
+    from train.data import load_dataset
+
+    return load_dataset(str(mnist_dir), split="test")

@@ -27,35 +27,6 @@ pytestmark = pytest.mark.slow
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="session")
-def small_run(tmp_path_factory, mnist_dir) -> Path:
-    """A LeNet-5 run on 3,000 real MNIST training images, 3 epochs, via the real trainer."""
-    from train.config import TrainConfig
-    from train.train import run_training
-
-    config = TrainConfig(
-        model="lenet5",
-        data=str(mnist_dir),
-        train_limit=3000,
-        epochs=3,
-        batch_size=64,
-        lr_schedule="none",
-        early_stopping_patience=0,
-        runs_dir=str(tmp_path_factory.mktemp("runs")),
-        run_name="lenet5-small",
-        tensorboard=False,
-        verbose=0,
-    )
-    return run_training(config, evaluate=False)
-
-
-@pytest.fixture(scope="session")
-def mnist_test(mnist_dir):
-    from train.data import load_dataset
-
-    return load_dataset(str(mnist_dir), split="test")
-
-
 _BUNDLES: dict[str, object] = {}
 
 # Options per target: rpi also exercises pruning (cheap at 50 %).

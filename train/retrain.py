@@ -400,7 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replay", type=int, help="original training images replayed (default: 20x the feedback, >= 2000)")
     p.add_argument("--no-replay", action="store_true", help="fine-tune on the feedback alone (forgets; for comparison)")
     p.add_argument("--feedback-share", type=float, default=0.3, help="share of each epoch drawn from the feedback")
-    p.add_argument("--ewc", type=float, default=0.0, help="elastic weight consolidation strength (0: off)")
+    p.add_argument("--ewc", type=float, default=0.0,
+                   help="elastic weight consolidation strength (0: off; the Fisher of a confident model is small, "
+                        "so useful values are large: 1e5..1e7)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate")
     p.add_argument("--batch-size", type=int, default=64)
