@@ -1,0 +1,497 @@
+"""The feedback store: uncertain frames sent back by devices, waiting for (or holding) a label.
+
+A store is a folder::
+
+    index.sqlite        one row per sample (WAL; safe to read while a collector writes)
+    images/<id>.png|jpg the frame the device sent, bytes as received
+    inputs/<id>.png     what the model saw (the payload's ``model_input``), when sent
+
+``add(msg)`` takes an ``edgeclf/sample/v1`` payload (see docs/mqtt.md): it validates it against
+the JSON schema, drops duplicates (the same ``device, run_id, seq, frame_id`` key, i.e. an
+at-least-once redelivery; the same image bytes; or a perceptual hash within ``dedup_distance``
+bits of a recent sample of the same device), writes the files (temp name, fsync, rename) and only
+then commits the row, so a crash never leaves a row without its files (orphan files are swept at
+the next open). Disk use is bounded by ``max_samples`` and ``max_bytes``: the oldest pending or
+skipped samples go first, labelled ones only when nothing else is left.
+
+Labels come from ``labels`` given once (kept in the store), else from the labels the devices'
+``top_k`` named, in the model's index order. Needs numpy, OpenCV, jsonschema and the standard
+library only (no TensorFlow, no MQTT).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import jsonschema
+import numpy as np
+
+from sdk.messages import load_schema
+from sdk.uncertainty import hamming, phash
+
+logger = logging.getLogger(__name__)
+
+STATUSES = ("pending", "labelled", "skipped")
+_EXT = {"png": "png", "jpeg": "jpg"}
+_U64 = (1 << 64) - 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS seen_labels (name TEXT PRIMARY KEY, idx INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS samples (
+    id INTEGER PRIMARY KEY,
+    device TEXT NOT NULL, run_id TEXT NOT NULL, seq INTEGER NOT NULL, frame_id INTEGER NOT NULL,
+    ts REAL NOT NULL, received REAL NOT NULL,
+    model_name TEXT NOT NULL, model_version TEXT NOT NULL, model_sha256 TEXT NOT NULL,
+    reasons TEXT NOT NULL, top_k TEXT NOT NULL, scores TEXT NOT NULL,
+    predicted TEXT, score REAL,
+    phash INTEGER NOT NULL, image_sha256 TEXT NOT NULL,
+    image_path TEXT NOT NULL, input_path TEXT, image_bytes INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'labelled', 'skipped')),
+    label TEXT, labelled_by TEXT, labelled_at REAL,
+    UNIQUE (device, run_id, seq, frame_id)
+);
+CREATE INDEX IF NOT EXISTS samples_sha ON samples (image_sha256);
+CREATE INDEX IF NOT EXISTS samples_device ON samples (device, id);
+CREATE INDEX IF NOT EXISTS samples_status ON samples (status, id);
+"""
+
+
+class FeedbackError(ValueError):
+    """A payload, label, id or CSV the store cannot take; the message names the field or row."""
+
+
+@dataclass
+class Sample:
+    """One stored sample (a row of ``index.sqlite`` with absolute file paths)."""
+
+    id: int
+    device: str
+    run_id: str
+    seq: int
+    frame_id: int
+    ts: float
+    received: float
+    model_name: str
+    model_version: str
+    reasons: list[str]
+    top_k: list[dict]
+    scores: list[float]
+    predicted: str | None
+    score: float | None
+    label: str | None
+    status: str
+    image_path: Path
+    input_path: Path | None
+
+    def model_input(self) -> np.ndarray | None:
+        """What the model saw, as uint8 (HxW for a grey model), or None when the device did not send it."""
+        return _read_image(self.input_path) if self.input_path else None
+
+    def image(self) -> np.ndarray:
+        """The frame as OpenCV decodes it (BGR, or HxW grey)."""
+        return _read_image(self.image_path)
+
+
+@dataclass
+class CsvReport:
+    """Outcome of :meth:`FeedbackStore.import_labels_csv`: rows applied, and one line per bad row."""
+
+    applied: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _read_image(path: Path) -> np.ndarray:
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError as e:
+        raise FeedbackError(f"{path}: cannot read ({e.strerror})") from e
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise FeedbackError(f"{path}: not a readable image")
+    return img
+
+
+def _decode_b64(data: str, where: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise FeedbackError(f"{where}: not valid base64 ({e})") from e
+
+
+def _decode_image(data: bytes, where: str) -> np.ndarray:
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    if img is None:
+        raise FeedbackError(f"{where}: the bytes are not a decodable image")
+    return img
+
+
+def _signed(h: int) -> int:
+    """sqlite INTEGER is signed 64-bit: store the unsigned hash in two's complement."""
+    return h - (1 << 64) if h >= 1 << 63 else h
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class FeedbackStore:
+    """A folder of collected samples with a sqlite index; see the module docstring.
+
+    ``labels``: the model's labels in index order (kept in the store; later opens may omit it).
+    ``max_samples`` / ``max_bytes``: the disk bound (image and input files); kept in the store,
+    a value given here replaces the stored one. ``dedup_distance``: perceptual-hash bits under
+    which a sample counts as a duplicate of one of the device's last ``dedup_window`` samples.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, labels: Sequence[str] | None = None,
+                 max_samples: int | None = None, max_bytes: int | None = None, dedup_distance: int = 4,
+                 dedup_window: int = 500, timeout: float = 30.0):
+        self.path = Path(path)
+        for name, value in (("max_samples", max_samples), ("max_bytes", max_bytes)):
+            if value is not None and value < 1:
+                raise FeedbackError(f"{name} must be >= 1 (got {value})")
+        if labels is not None:
+            labels = [str(x) for x in labels]
+            if not labels or len(set(labels)) != len(labels) or any(not x.strip() for x in labels):
+                raise FeedbackError(f"labels must be a non-empty list of distinct, non-blank names (got {labels})")
+        self.dedup_distance = dedup_distance
+        self.dedup_window = dedup_window
+        self.images_dir = self.path / "images"
+        self.inputs_dir = self.path / "inputs"
+        for d in (self.images_dir, self.inputs_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.stored = self.duplicates = self.invalid = self.evicted = 0
+        self._lock = threading.RLock()
+        self._validator = jsonschema.Draft202012Validator(load_schema("sample"))
+        self._db = sqlite3.connect(self.path / "index.sqlite", timeout=timeout, isolation_level=None,
+                                   check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        with self._tx():
+            for key, value in (("labels", labels), ("max_samples", max_samples), ("max_bytes", max_bytes)):
+                if value is not None:
+                    self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+        self._sweep_orphans()
+
+    # -- plumbing ---------------------------------------------------------------------------
+    @contextmanager
+    def _tx(self):
+        """One write transaction. BEGIN IMMEDIATE takes sqlite's write lock, so it is safe across
+        processes, and files written inside it are committed (or orphaned) before anyone else writes."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _meta(self, key: str) -> Any:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def _sweep_orphans(self) -> None:
+        """Delete files without a row, left by a crash between a file write and its commit, or during
+        an eviction. Inside a write transaction, so no other writer is between the two."""
+        removed = 0
+        with self._tx():
+            known = {r[0] for r in self._db.execute(
+                "SELECT image_path FROM samples UNION ALL SELECT input_path FROM samples WHERE input_path IS NOT NULL")}
+            for d in (self.images_dir, self.inputs_dir):
+                for p in d.iterdir():
+                    if p.is_file() and p.name not in known:
+                        p.unlink(missing_ok=True)
+                        removed += 1
+        if removed:
+            logger.info("%s: removed %d file(s) without an index row (an interrupted write or eviction)",
+                        self.path, removed)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> "FeedbackStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- settings -------------------------------------------------------------------------
+    @property
+    def max_samples(self) -> int | None:
+        return self._meta("max_samples")
+
+    @property
+    def max_bytes(self) -> int | None:
+        return self._meta("max_bytes")
+
+    def labels(self) -> list[str]:
+        """The labels a sample may get: those given to the store, else those the devices' top_k named."""
+        given = self._meta("labels")
+        if given is not None:
+            return given
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT name FROM seen_labels ORDER BY idx, name")]
+
+    # -- adding ---------------------------------------------------------------------------
+    def _validate(self, msg: Any) -> None:
+        """Raise :class:`FeedbackError` naming the first offending field of a sample payload."""
+        err = jsonschema.exceptions.best_match(self._validator.iter_errors(msg))
+        if err is not None:
+            raise FeedbackError(f"invalid sample at {err.json_path}: {err.message}")
+
+    def add(self, msg: Any) -> int | None:
+        """Store a sample payload; its new id, or None for a duplicate. Raises FeedbackError if invalid."""
+        try:
+            self._validate(msg)
+            img = msg["image"]
+            data = _decode_b64(img["data"], "$.image.data")
+            if len(data) != img["bytes"]:
+                raise FeedbackError(f"$.image.bytes: says {img['bytes']} but the data holds {len(data)} bytes")
+            frame = _decode_image(data, f"$.image.data ({img['format']})")
+            if frame.shape[:2] != (img["height"], img["width"]):
+                raise FeedbackError(f"$.image.width/height: say {img['width']}x{img['height']} but the image is "
+                                    f"{frame.shape[1]}x{frame.shape[0]}")
+            input_png = None
+            if "model_input" in msg:
+                input_png = _decode_b64(msg["model_input"]["data"], "$.model_input.data")
+                _decode_image(input_png, "$.model_input.data (png)")
+        except FeedbackError:
+            self.invalid += 1
+            raise
+        h = _signed(phash(frame))
+        sha = hashlib.sha256(data).hexdigest()
+        with self._tx():
+            new_id = self._insert(msg, data, input_png, h, sha)
+            evicted = self._evict(new_id) if new_id is not None else []
+        for p in evicted:
+            p.unlink(missing_ok=True)
+        if new_id is None:
+            self.duplicates += 1
+        else:
+            self.stored += 1
+        return new_id
+
+    def _is_duplicate(self, msg: dict, h: int, sha: str) -> str | None:
+        db = self._db
+        key = (msg["device"], msg["run_id"], msg["seq"], msg["frame_id"])
+        row = db.execute("SELECT id FROM samples WHERE device=? AND run_id=? AND seq=? AND frame_id=?", key).fetchone()
+        if row:
+            return f"same device/run_id/seq/frame_id as sample {row[0]}"
+        row = db.execute("SELECT id FROM samples WHERE image_sha256 = ?", (sha,)).fetchone()
+        if row:
+            return f"same image bytes as sample {row[0]}"
+        for other_id, other in db.execute("SELECT id, phash FROM samples WHERE device = ? ORDER BY id DESC LIMIT ?",
+                                          (msg["device"], self.dedup_window)):
+            if hamming(h & _U64, other & _U64) <= self.dedup_distance:
+                return f"perceptual hash within {self.dedup_distance} bits of sample {other_id}"
+        return None
+
+    def _insert(self, msg: dict, data: bytes, input_png: bytes | None, h: int, sha: str):
+        dup = self._is_duplicate(msg, h, sha)
+        if dup:
+            logger.debug("duplicate sample from %s (seq %s): %s", msg["device"], msg["seq"], dup)
+            return None
+        db = self._db
+        new_id = self._meta("next_id") or 1  # ids are never reused, even after an eviction
+        image_path = self.images_dir / f"{new_id}.{_EXT[msg['image']['format']]}"
+        input_path = self.inputs_dir / f"{new_id}.png" if input_png is not None else None
+        _write_file(image_path, data)
+        if input_path is not None:
+            _write_file(input_path, input_png)
+        top = msg["top_k"]
+        db.execute(
+            "INSERT INTO samples (id, device, run_id, seq, frame_id, ts, received, model_name, model_version,"
+            " model_sha256, reasons, top_k, scores, predicted, score, phash, image_sha256, image_path, input_path,"
+            " image_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (new_id, msg["device"], msg["run_id"], msg["seq"], msg["frame_id"], msg["ts"], time.time(),
+             msg["model"]["name"], msg["model"]["version"], msg["model"]["sha256"], json.dumps(msg["reasons"]),
+             json.dumps(top), json.dumps(msg["scores"]), top[0]["label"] if top else None,
+             top[0]["score"] if top else None, h, sha, image_path.name,
+             input_path.name if input_path else None, len(data) + len(input_png or b"")))
+        db.executemany("INSERT OR IGNORE INTO seen_labels VALUES (?, ?)", [(c["label"], c["index"]) for c in top])
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('next_id', ?)", (json.dumps(new_id + 1),))
+        return new_id
+
+    def _evict(self, keep_id: int) -> list[Path]:
+        """Delete the oldest rows over the bound (in the open transaction); their files, to unlink after it."""
+        max_n, max_b = self.max_samples, self.max_bytes
+        db = self._db
+        n, total = db.execute("SELECT COUNT(*), COALESCE(SUM(image_bytes), 0) FROM samples").fetchone()
+        files: list[Path] = []
+        if (max_n is None or n <= max_n) and (max_b is None or total <= max_b):
+            return files
+        order = ("SELECT id, image_path, input_path, image_bytes, status FROM samples WHERE id != ? "
+                 "ORDER BY status = 'labelled', id")
+        warned = False
+        for row in db.execute(order, (keep_id,)).fetchall():
+            if (max_n is None or n <= max_n) and (max_b is None or total <= max_b):
+                break
+            if row["status"] == "labelled" and not warned:
+                logger.warning("%s: over its bound (%s samples, %s bytes) with only labelled samples left: "
+                               "evicting the oldest labelled ones; export them and raise the bound",
+                               self.path, max_n, max_b)
+                warned = True
+            db.execute("DELETE FROM samples WHERE id = ?", (row["id"],))
+            files.append(self.images_dir / row["image_path"])
+            if row["input_path"]:
+                files.append(self.inputs_dir / row["input_path"])
+            n, total = n - 1, total - row["image_bytes"]
+            self.evicted += 1
+        return files
+
+    # -- reading --------------------------------------------------------------------------
+    def _sample(self, r: sqlite3.Row) -> Sample:
+        return Sample(
+            id=r["id"], device=r["device"], run_id=r["run_id"], seq=r["seq"], frame_id=r["frame_id"], ts=r["ts"],
+            received=r["received"], model_name=r["model_name"], model_version=r["model_version"],
+            reasons=json.loads(r["reasons"]), top_k=json.loads(r["top_k"]), scores=json.loads(r["scores"]),
+            predicted=r["predicted"], score=r["score"], label=r["label"], status=r["status"],
+            image_path=self.images_dir / r["image_path"],
+            input_path=self.inputs_dir / r["input_path"] if r["input_path"] else None)
+
+    def _select(self, where: str, args: tuple = (), limit: int | None = None) -> list[Sample]:
+        sql = f"SELECT * FROM samples WHERE {where} ORDER BY id" + (" LIMIT ?" if limit is not None else "")
+        with self._lock:
+            rows = self._db.execute(sql, args + ((limit,) if limit is not None else ())).fetchall()
+        return [self._sample(r) for r in rows]
+
+    def pending(self, limit: int | None = None) -> list[Sample]:
+        """Samples waiting for a label, oldest first."""
+        return self._select("status = 'pending'", (), limit)
+
+    def labelled(self) -> list[Sample]:
+        return self._select("status = 'labelled'")
+
+    def get(self, sample_id: int) -> Sample:
+        found = self._select("id = ?", (int(sample_id),))
+        if not found:
+            raise FeedbackError(f"{self.path}: no sample with id {sample_id} (evicted, or never stored)")
+        return found[0]
+
+    def counts(self) -> dict:
+        """``{"total", "bytes", "pending", "labelled", "skipped", "labels": {label: n}}``."""
+        with self._lock:
+            n, b = self._db.execute("SELECT COUNT(*), COALESCE(SUM(image_bytes), 0) FROM samples").fetchone()
+            by_status = dict(self._db.execute("SELECT status, COUNT(*) FROM samples GROUP BY status").fetchall())
+            by_label = dict(self._db.execute("SELECT label, COUNT(*) FROM samples WHERE status = 'labelled' "
+                                             "GROUP BY label ORDER BY label").fetchall())
+        return {"total": n, "bytes": b, **{s: by_status.get(s, 0) for s in STATUSES}, "labels": by_label}
+
+    # -- labelling ------------------------------------------------------------------------
+    def check_label(self, label: str) -> str:
+        """``label`` if the store knows it; FeedbackError naming the valid labels otherwise."""
+        valid = self.labels()
+        if label not in valid:
+            raise FeedbackError(f"unknown label {label!r}; valid: {', '.join(valid) or '(none known yet)'}")
+        return label
+
+    def _set(self, sample_id: int, status: str, label: str | None, by: str | None) -> None:
+        with self._tx():
+            cur = self._db.execute(
+                "UPDATE samples SET status = ?, label = ?, labelled_by = ?, labelled_at = ? WHERE id = ?",
+                (status, label, by, time.time() if by else None, int(sample_id)))
+        if cur.rowcount == 0:
+            raise FeedbackError(f"{self.path}: no sample with id {sample_id} (evicted, or never stored)")
+
+    def set_label(self, sample_id: int, label: str, by: str = "cli") -> None:
+        self._set(sample_id, "labelled", self.check_label(label), by)
+
+    def skip(self, sample_id: int, by: str = "cli") -> None:
+        self._set(sample_id, "skipped", None, by)
+
+    def reset(self, sample_id: int) -> None:
+        """Back to pending (undo a label or a skip)."""
+        self._set(sample_id, "pending", None, None)
+
+    def import_labels_csv(self, path: str | os.PathLike, by: str = "csv") -> CsvReport:
+        """Apply labels from a CSV with a header: ``id`` (store id) or ``image`` (file name in images/; a
+        path is reduced to its name), and ``label``.
+
+        Good rows are applied (in one transaction); bad rows (unknown id or image, bad label) are
+        left out and listed in the report by row number, counting the header as row 1 as a
+        spreadsheet does. A file without the needed columns raises FeedbackError.
+        """
+        path = Path(path)
+        report = CsvReport()
+        valid = set(self.labels())
+        try:
+            f = open(path, newline="", encoding="utf-8-sig")
+        except OSError as e:
+            raise FeedbackError(f"{path}: cannot read ({e.strerror})") from e
+        with f:
+            reader = csv.DictReader(f)
+            cols = reader.fieldnames or []
+            key = "id" if "id" in cols else "image" if "image" in cols else None
+            if key is None or "label" not in cols:
+                raise FeedbackError(f"{path}: needs a header with a 'label' column and an 'id' or 'image' column "
+                                    f"(found: {', '.join(cols) or 'no header'})")
+            with self._lock:
+                by_image = {r[0]: r[1] for r in self._db.execute("SELECT image_path, id FROM samples")}
+            ids = set(by_image.values())
+            updates = []
+            for row in reader:
+                where = f"{path.name} row {reader.line_num}"
+                ref = (row.get(key) or "").strip()
+                label = (row.get("label") or "").strip()
+                sample_id = by_image.get(Path(ref).name) if key == "image" else (
+                    int(ref) if ref.isdigit() and int(ref) in ids else None)
+                if sample_id is None:
+                    report.errors.append(f"{where}: unknown {key} {ref!r}")
+                elif label not in valid:
+                    report.errors.append(f"{where}: label {label!r} is not one of "
+                                         f"{', '.join(self.labels()) or '(none known yet)'}")
+                else:
+                    updates.append(("labelled", label, by, time.time(), sample_id))
+        with self._tx():
+            self._db.executemany("UPDATE samples SET status = ?, label = ?, labelled_by = ?, labelled_at = ? "
+                                 "WHERE id = ?", updates)
+        report.applied = len(updates)
+        return report
+
+    # -- export ---------------------------------------------------------------------------
+    def export_folder(self, out_dir: str | os.PathLike) -> dict[str, int]:
+        """Write the labelled samples as ``out_dir/<label>/<id>.png`` (the model input when sent, else
+        the frame) plus ``labels.txt`` (the label order), readable by ``train.data.load_dataset``.
+        ``out_dir`` must be new or empty. Returns the count per label."""
+        out = Path(out_dir)
+        if out.exists() and any(out.iterdir()):
+            raise FeedbackError(f"{out}: not empty; export into a new folder")
+        samples = self.labelled()
+        for label in {s.label for s in samples}:
+            if label in (".", "..") or label.startswith(".") or any(c in label for c in "/\\\0"):
+                raise FeedbackError(f"label {label!r} cannot be a folder name (no '/', '\\', leading '.'); "
+                                    "load the labelled samples with FeedbackStore.labelled() instead")
+        out.mkdir(parents=True, exist_ok=True)
+        counts: dict[str, int] = {}
+        for s in samples:
+            src = s.input_path or s.image_path
+            dest = out / s.label / f"{s.id}{src.suffix}"
+            dest.parent.mkdir(exist_ok=True)
+            dest.write_bytes(src.read_bytes())
+            counts[s.label] = counts.get(s.label, 0) + 1
+        (out / "labels.txt").write_text("".join(f"{x}\n" for x in self.labels()))
+        return counts
