@@ -9,7 +9,7 @@ from typing import TextIO
 
 from . import __version__
 from .config import Config
-from .errors import ConfigError
+from .errors import ConfigError, ManifestError, ModelError, RuntimeUnavailableError
 from .homeassistant import discovery_messages
 from .mqtt import MqttPublisher, Outbox, TlsSettings, credentials_from_env, parse_broker
 from .pipeline import Classifier, Pipeline, PipelineSettings, RunStats
@@ -17,12 +17,30 @@ from .runtime import Bundle, load_bundle
 from .sources import open_source
 from .topics import Topics
 from .uncertainty import Sampler, SamplingPolicy
+from .update import ModelStore, ModelUpdater, UpdatePolicy, load_public_key
 
 logger = logging.getLogger(__name__)
 
 
 def default_outbox_path(device_id: str) -> Path:
     return Path.home() / ".cache" / "edgeclf" / f"outbox-{device_id}.sqlite"
+
+
+def default_store_dir(device_id: str) -> Path:
+    return Path.home() / ".cache" / "edgeclf" / "models" / device_id
+
+
+def update_policy(config: Config) -> UpdatePolicy:
+    """``config.update`` as the updater's policy; an unusable public key is a :class:`ConfigError`."""
+    u = config.update
+    key = None
+    if u.public_key:
+        try:
+            key = load_public_key(u.public_key)
+        except ValueError as e:
+            raise ConfigError(f"update.public_key: {e}") from e
+    return UpdatePolicy(public_key=key, max_bytes=u.max_bytes, allow_input_change=u.allow_input_change,
+                        fleet=u.fleet, timeout_s=u.timeout_s)
 
 
 def make_publisher(config: Config, topics: Topics, bundle: Bundle | None = None) -> MqttPublisher:
@@ -39,7 +57,8 @@ def make_publisher(config: Config, topics: Topics, bundle: Bundle | None = None)
     try:
         return MqttPublisher(host, port, m.client_id or f"edgeclf-{config.device_id}", status_topic=topics.status,
                              birth=birth, outbox=outbox, tls=tls, username=user, password=password,
-                             keepalive=m.keepalive, reconnect_min_s=m.reconnect_min_s, reconnect_max_s=m.reconnect_max_s)
+                             keepalive=m.keepalive, reconnect_min_s=m.reconnect_min_s, reconnect_max_s=m.reconnect_max_s,
+                             clean_session=not m.persistent_session)
     except Exception:
         outbox.close()
         raise
@@ -52,9 +71,25 @@ def run(config: Config, stop: threading.Event | None = None, status_stream: Text
         raise ConfigError("no frame source: set source (camera:N, video:PATH, rtsp://URL, images:DIR) "
                           "or pass --camera/--video/--rtsp/--images")
     rt = config.runtime
-    bundle = load_bundle(config.model, rt.delegate, rt.num_threads, rt.edgetpu_device)
-    classifier = Classifier(bundle, config.preprocess.mode, config.preprocess.roi, config.preprocess.invert,
-                            config.top_k, config.threshold)
+
+    def make_classifier(path) -> Classifier:
+        bundle = load_bundle(path, rt.delegate, rt.num_threads, rt.edgetpu_device)
+        return Classifier(bundle, config.preprocess.mode, config.preprocess.roi, config.preprocess.invert,
+                          config.top_k, config.threshold)
+
+    u = config.update
+    updates = u.enabled and config.mqtt.enabled
+    policy = update_policy(config) if updates else None  # a bad key fails now, not at the first update
+    store = ModelStore(u.store_dir or default_store_dir(config.device_id), u.keep) if u.enabled else None
+    model_path = store.startup_model(config.model) if store is not None else Path(config.model)
+    try:
+        classifier = make_classifier(model_path)
+    except (ManifestError, ModelError, RuntimeUnavailableError) as e:
+        if store is None or model_path == Path(config.model):
+            raise
+        store.fall_back(str(e))
+        classifier = make_classifier(config.model)
+    bundle = classifier.bundle
     topics = Topics(config.device_id, config.mqtt.topic_prefix)
     s = config.sampling
     sampler = Sampler(SamplingPolicy(
@@ -77,6 +112,13 @@ def run(config: Config, stop: threading.Event | None = None, status_stream: Text
         if config.mqtt.enabled:
             publisher = make_publisher(config, topics, bundle)
             stack.callback(publisher.close, config.mqtt.flush_timeout_s)
-            publisher.start()
         pipeline = Pipeline(source, classifier, publisher, topics, settings, sampler, status_stream)
+        if publisher is not None:
+            if updates:  # subscribe before connecting: a persistent session delivers at once
+                updater = ModelUpdater(topics=topics, publisher=publisher, target=pipeline,
+                                       make_classifier=make_classifier, store=store, configured_model=config.model,
+                                       policy=policy, run_id=pipeline.run_id)
+                updater.start()
+                stack.callback(updater.close)  # closed before the publisher: its last state gets flushed
+            publisher.start()
         return pipeline.run(stop)

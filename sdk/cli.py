@@ -52,6 +52,11 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--preprocess", choices=["auto", "plain", "digit"], help="override the bundle's preprocessing")
     p.add_argument("--publish", choices=["every", "change"], help="publish every frame or only on a label change")
     p.add_argument("--outbox", metavar="PATH", help="store-and-forward sqlite file (':memory:' for none)")
+    p.add_argument("--persistent-session", action="store_true", default=None,
+                   help="keep the MQTT session on the broker (updates sent while offline arrive on reconnect)")
+    p.add_argument("--update-key", metavar="PUB", help="ed25519 public key: accept only model updates signed with it")
+    p.add_argument("--update-store", metavar="DIR", help="where received model bundles are kept")
+    p.add_argument("--no-update", action="store_true", help="ignore model updates over MQTT")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="errors only, no status line")
@@ -78,8 +83,15 @@ def _overrides(a: argparse.Namespace) -> dict:
         mqtt["enabled"] = False
     if a.outbox is not None:
         mqtt["outbox_path"] = a.outbox
+    if a.persistent_session:
+        mqtt["persistent_session"] = True
     if mqtt:
         o["mqtt"] = mqtt
+    update = {k: v for k, v in {"public_key": a.update_key, "store_dir": a.update_store}.items() if v is not None}
+    if a.no_update:
+        update["enabled"] = False
+    if update:
+        o["update"] = update
     runtime = {k: v for k, v in {"delegate": a.delegate, "num_threads": a.threads}.items() if v is not None}
     if runtime:
         o["runtime"] = runtime

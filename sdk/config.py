@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
+from .topics import FLEET
 
 
 class _Strict(BaseModel):
@@ -86,6 +87,10 @@ class MqttSettings(_Strict):
     reconnect_min_s: float = Field(0.5, gt=0, description="First delay before reconnecting to the broker.")
     reconnect_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay (doubling backoff).")
     flush_timeout_s: float = Field(5.0, ge=0, description="On exit, wait this long for queued messages to be acknowledged.")
+    persistent_session: bool = Field(
+        False, description="Keep the MQTT session on the broker (clean_session=False, MQTT 3.1.1): model updates "
+                           "published while the device is offline arrive when it reconnects. The broker then holds "
+                           "them (memory, its max_queued_messages limit) until the device returns.")
 
 
 class SamplingSettings(_Strict):
@@ -102,6 +107,22 @@ class SamplingSettings(_Strict):
     max_side: int = Field(320, ge=16, description="Longer side of the sampled image in pixels.")
     max_bytes: int = Field(48000, ge=1000, le=10_000_000, description="Size cap of the encoded image.")
     qos: Literal[0, 1] = Field(1, description="QoS of sample messages.")
+
+
+class UpdateSettings(_Strict):
+    enabled: bool = Field(True, description="Accept model updates on <prefix>/v1/<device>/model/set (needs MQTT).")
+    public_key: str | None = Field(
+        None, description="ed25519 public key file (PEM, or the raw 32-byte key in base64). When set, unsigned or "
+                          "badly signed updates and rollbacks are refused.")
+    store_dir: str | None = Field(
+        None, description="Where received bundles and active.json live (None: ~/.cache/edgeclf/models/<device_id>).")
+    max_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Refuse update archives larger than this (bytes); "
+                                                                  "the extracted bundle may be at most 4x as large.")
+    keep: int = Field(3, ge=2, le=20, description="Received bundles kept on disk (the active and the previous one always).")
+    allow_input_change: bool = Field(
+        False, description="Accept a model whose input shape or colour differs from the running one.")
+    fleet: bool = Field(True, description="Also accept updates on the fleet-wide topic <prefix>/v1/fleet/model/set.")
+    timeout_s: float = Field(120.0, gt=0, description="Drop an incomplete update when no chunk arrived for this long.")
 
 
 class HomeAssistantSettings(_Strict):
@@ -127,6 +148,7 @@ class Config(_Strict):
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="Broker connection and queue.")
     sampling: SamplingSettings = Field(default_factory=SamplingSettings, description="Uncertain-frame upload.")
     homeassistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings, description="HA discovery.")
+    update: UpdateSettings = Field(default_factory=UpdateSettings, description="Model updates over MQTT.")
     metrics_interval_s: float = Field(10.0, gt=0, description="Seconds between metrics heartbeats.")
     status_interval_s: float = Field(2.0, ge=0, description="Seconds between status lines on a terminal (0: off).")
 
@@ -135,6 +157,8 @@ class Config(_Strict):
     def _device_id(cls, v: str) -> str:
         if not re.match(r"^[A-Za-z0-9_.-]+$", v):
             raise ValueError("device_id may hold letters, digits, '_', '-', '.' only")
+        if v == FLEET:
+            raise ValueError(f"device_id {FLEET!r} is reserved for the fleet-wide topics; choose another name")
         return v
 
 

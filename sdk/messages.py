@@ -9,7 +9,7 @@ from typing import Any, Iterable, Sequence
 
 from .classify import Class
 
-SCHEMAS = ("result", "sample", "metrics", "event")
+SCHEMAS = ("result", "sample", "metrics", "event", "model-update", "model-state")
 
 
 def schema_id(kind: str) -> str:
@@ -57,13 +57,20 @@ def event(*, device: str, ts: float, run_id: str, event: str, detail: dict | Non
             "event": event, "detail": detail or {}}
 
 
+def model_state(*, device: str, ts: float, active: dict, previous: dict | None,
+                last_update: dict | None) -> dict:
+    """Retained on ``model/state``: the active model, the one a rollback returns to, the last outcome."""
+    return {"schema": schema_id("model-state"), "device": device, "ts": round(ts, 6), "active": active,
+            "previous": previous, "last_update": last_update}
+
+
 def encode(msg: dict) -> bytes:
     return json.dumps(msg, separators=(",", ":"), allow_nan=False).encode()
 
 
 @lru_cache(maxsize=None)
 def load_schema(kind: str) -> dict:
-    """The JSON schema of a message kind (result, sample, metrics, event)."""
+    """The JSON schema of a message kind (result, sample, metrics, event, model-update, model-state)."""
     if kind not in SCHEMAS:
         raise ValueError(f"unknown message kind {kind!r}; valid: {', '.join(SCHEMAS)}")
     return json.loads(resources.files("sdk").joinpath("schemas", f"{kind}.schema.json").read_text())

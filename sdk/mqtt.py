@@ -8,6 +8,11 @@ in order and none is lost across a broker restart; rows not yet acknowledged whe
 process stops stay on disk and go out at the next start (at-least-once: a consumer may see a
 duplicate after a crash, never a gap).
 
+Subscriptions (:meth:`MqttPublisher.subscribe`) are made again on every (re)connect; their
+callbacks run on paho's network thread, so they must hand work to another thread at once.
+``clean_session=False`` keeps the session (subscriptions and QoS 1 messages queued while the
+device is offline) on the broker between connections (MQTT 3.1.1, a fixed client id).
+
 Network weather (broker down, refused, TLS handshake failing) is logged and retried with
 backoff, never raised; unusable settings (missing TLS files, bad port) raise
 :class:`MqttConfigError`.
@@ -23,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 import paho.mqtt.client as mqtt
 
@@ -32,6 +37,7 @@ from .errors import MqttConfigError
 logger = logging.getLogger(__name__)
 
 Message = tuple[str, bytes, int, bool]  # topic, payload, qos, retain
+MessageCallback = Callable[[str, bytes], None]  # (topic, payload), called on paho's network thread
 
 
 class Publisher(Protocol):
@@ -149,14 +155,19 @@ class MqttPublisher:
 
     ``status_topic``: last will ``offline`` (retained), ``online`` (retained) on every connect.
     ``birth``: extra messages (e.g. Home Assistant discovery) published on every connect.
+    ``clean_session=False``: a persistent session (needs a fixed ``client_id``), so QoS 1
+    messages on subscribed topics published while the client is offline arrive at the next connect.
     """
 
     def __init__(self, host: str, port: int = 1883, client_id: str = "", *, status_topic: str | None = None,
                  birth: Iterable[Message] = (), outbox: Outbox | None = None, tls: TlsSettings | None = None,
                  username: str | None = None, password: str | None = None, keepalive: int = 30,
-                 reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0, window: int = 64):
+                 reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0, window: int = 64,
+                 clean_session: bool = True):
         if not 0 < int(port) < 65536:
             raise MqttConfigError(f"invalid broker port {port}")
+        if not clean_session and not client_id:
+            raise MqttConfigError("a persistent MQTT session (clean_session=False) needs a fixed client_id")
         self.host, self.port = host, int(port)
         self.status_topic = status_topic
         self.birth = list(birth)
@@ -173,7 +184,11 @@ class MqttPublisher:
         self._acked: collections.deque[int] = collections.deque()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
         self._last_id = 0
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+        self.clean_session = clean_session
+        self._subs: list[tuple[str, int, MessageCallback]] = []
+        self._subs_lock = threading.Lock()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
+                        clean_session=clean_session)
         c.max_inflight_messages_set(window)
         c.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
         if tls is not None:
@@ -193,6 +208,8 @@ class MqttPublisher:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
+        c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
         self.client = c
         self.keepalive = keepalive
         self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
@@ -283,6 +300,42 @@ class MqttPublisher:
         else:
             self.not_sent += 1
 
+    # -- subscribing -----------------------------------------------------------------------
+    def subscribe(self, topic: str, qos: int, callback: MessageCallback) -> None:
+        """Call ``callback(topic, payload)`` for every message matching the filter ``topic``.
+
+        Subscribed now when connected and again on every reconnect; register before
+        :meth:`start` so that messages a persistent session queued are not missed. The
+        callback runs on paho's network thread: it must return quickly (queue the work).
+        """
+        if qos not in (0, 1, 2):
+            raise ValueError(f"invalid qos {qos}; valid: 0, 1, 2")
+        if not callable(callback):
+            raise TypeError("callback must be callable as callback(topic, payload)")
+        with self._subs_lock:
+            self._subs.append((topic, qos, callback))
+        if self.connected:
+            self.client.subscribe(topic, qos)
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self._subs_lock:
+            subs = list(self._subs)
+        called = []
+        for pattern, _, cb in subs:
+            if cb in called or not mqtt.topic_matches_sub(pattern, msg.topic):
+                continue
+            called.append(cb)
+            try:
+                cb(msg.topic, msg.payload)
+            except Exception:  # a consumer's bug must not take the network thread down
+                logger.exception("MQTT message callback failed for %s", msg.topic)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        for rc in reason_codes:
+            if rc.is_failure:
+                logger.error("MQTT %s:%d refused a subscription (%s); check the broker's ACL",
+                             self.host, self.port, rc)
+
     # -- paho callbacks (network thread) -------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -291,11 +344,16 @@ class MqttPublisher:
             return
         self.connects += 1
         self.last_error = None
-        logger.info("MQTT connected to %s:%d", self.host, self.port)
+        logger.info("MQTT connected to %s:%d%s", self.host, self.port,
+                    "" if self.clean_session else f" (session present: {bool(flags.session_present)})")
         if self.status_topic:
             client.publish(self.status_topic, b"online", qos=1, retain=True)
         for topic, payload, qos, retain in self.birth:
             client.publish(topic, payload, qos=qos, retain=retain)
+        with self._subs_lock:
+            subs = [(t, q) for t, q, _ in self._subs]
+        if subs:
+            client.subscribe(subs)
         self._connected.set()
         self._wake.set()
 

@@ -2,6 +2,8 @@
 
 The pipeline is handed built objects (a frame source, a classifier, a publisher, topics);
 it never reads global configuration, so a test can give it a video file and a real broker.
+Another thread (the model updater) may hand it a new classifier with :meth:`Pipeline.request_swap`;
+the swap happens between two frames, so no frame is lost and the run does not stop.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import logging
 import threading
 import time
 import uuid
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
@@ -122,6 +125,47 @@ class Pipeline:
         self._lat: collections.deque[float] = collections.deque(maxlen=1000)
         self._inf: collections.deque[float] = collections.deque(maxlen=1000)
         self._times: collections.deque[float] = collections.deque(maxlen=120)
+        self._recent: collections.deque[np.ndarray] = collections.deque(maxlen=3)
+        self._swap_lock = threading.Lock()
+        self._swaps: list[tuple[Classifier, Future]] = []
+        self._accepting_swaps = True  # until run() ends
+
+    # -- model swaps (called from other threads) -----------------------------------------
+    def request_swap(self, classifier: Classifier) -> Future:
+        """Use ``classifier`` from the next frame on. The future resolves (with the id of the
+        first frame classified by it, or None when no frame came yet) once the loop has switched;
+        cancel it to withdraw the request."""
+        fut: Future = Future()
+        with self._swap_lock:
+            if self._accepting_swaps:
+                self._swaps.append((classifier, fut))
+            else:  # the run is over: nobody will take it
+                fut.cancel()
+        return fut
+
+    def recent_frames(self) -> list[np.ndarray]:
+        """The last few frames classified (for smoke-testing a new model on real input)."""
+        return list(self._recent)
+
+    def _take_swaps(self, next_frame_id: int | None) -> None:
+        with self._swap_lock:
+            swaps, self._swaps = self._swaps, []
+        for classifier, fut in swaps:
+            if not fut.set_running_or_notify_cancel():
+                continue
+            old = self.classifier.model_info
+            self.classifier = classifier
+            self.stats.extra["model_swaps"] = self.stats.extra.get("model_swaps", 0) + 1
+            logger.info("model swapped: %s %s -> %s %s", old["name"], old["version"], classifier.model_info["name"],
+                        classifier.model_info["version"])
+            fut.set_result(next_frame_id)
+
+    def _cancel_swaps(self) -> None:
+        with self._swap_lock:
+            swaps, self._swaps = self._swaps, []
+            self._accepting_swaps = False
+        for _, fut in swaps:
+            fut.cancel()
 
     # -- publishing helpers --------------------------------------------------------------
     def _publish(self, topic: str, msg: dict, qos: int = 1, persist: bool = True) -> None:
@@ -167,29 +211,27 @@ class Pipeline:
         self.status_stream.write(line)
         self.status_stream.flush()
 
-    # -- main loop -----------------------------------------------------------------------
-    def run(self, stop: threading.Event | None = None) -> RunStats:
-        stop = stop or threading.Event()
+    def _loop(self, stop: threading.Event, started: float) -> str:
         st = self.settings
-        started = time.monotonic()
         next_metrics = started + st.metrics_interval_s
         next_status = started + st.status_interval_s if st.status_interval_s else float("inf")
         last_pub_t = -float("inf")
         last_label: str | None = None
-        self._last_score: float | None = None
-        labels = self.classifier.labels
-        self._event("started", {"model": self.classifier.model_info, "source": type(self.source).__name__})
         ended_by = "stopped"
         while not stop.is_set():
             for kind, detail in self.source.events():
                 self._event(kind, detail)
             frame = self.source.read(0.5)
             now = time.monotonic()
+            if self._swaps:
+                self._take_swaps(frame.frame_id if frame is not None else None)
             if frame is None:
                 if self.source.ended:
                     ended_by = "source_ended"
                     break
             else:
+                self._recent.append(frame.image)
+                labels = self.classifier.labels
                 c = self.classifier.classify(frame.image)
                 self.stats.frames += 1
                 self._times.append(now)
@@ -237,6 +279,20 @@ class Pipeline:
             if now >= next_status:
                 self._status_line()
                 next_status = now + st.status_interval_s
+        return ended_by
+
+    # -- main loop -----------------------------------------------------------------------
+    def run(self, stop: threading.Event | None = None) -> RunStats:
+        stop = stop or threading.Event()
+        st = self.settings
+        started = time.monotonic()
+        self._last_score: float | None = None
+        self._event("started", {"model": self.classifier.model_info, "source": type(self.source).__name__})
+        ended_by = "stopped"
+        try:
+            ended_by = self._loop(stop, started)
+        finally:
+            self._cancel_swaps()  # an updater waiting for a swap learns that it will not happen
         for kind, detail in self.source.events():
             self._event(kind, detail)
         self._publish(self.topics.metrics, self.metrics(started), qos=0, persist=False)

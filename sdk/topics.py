@@ -5,7 +5,9 @@ import re
 from dataclasses import dataclass
 
 CONTRACT_VERSION = "v1"
+FLEET = "fleet"  # the device segment of the fleet-wide topics; not usable as a device id
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.-]+$")
+_UPDATE_ID = re.compile(r"^[0-9a-f]{8,64}$")
 
 
 def check_segment(value: str, what: str) -> str:
@@ -61,8 +63,38 @@ class Topics:
 
     @property
     def fleet_model_set(self) -> str:
-        return f"{self.prefix}/{CONTRACT_VERSION}/fleet/model/set"
+        return fleet_model_set(self.prefix)
+
+    @property
+    def fleet_base(self) -> str:
+        return f"{self.prefix}/{CONTRACT_VERSION}/{FLEET}"
 
     def all_devices(self, kind: str) -> str:
         """Subscription filter for one kind of message from every device (e.g. ``result``)."""
         return f"{self.prefix}/{CONTRACT_VERSION}/+/{kind}"
+
+
+def fleet_model_set(prefix: str = "edge") -> str:
+    """``{prefix}/v1/fleet/model/set``: model updates for every device."""
+    for part in prefix.split("/"):
+        check_segment(part, "topic prefix segment")
+    return f"{prefix}/{CONTRACT_VERSION}/{FLEET}/model/set"
+
+
+def model_chunk(set_topic: str, update_id: str, index: int) -> str:
+    """``{set topic}/{update_id}/{index}``: one binary chunk of an update's archive."""
+    if not _UPDATE_ID.match(update_id):
+        raise ValueError(f"invalid update_id {update_id!r}: 8 to 64 lower-case hex digits")
+    if index < 0:
+        raise ValueError(f"chunk index must be >= 0 (got {index})")
+    return f"{set_topic}/{update_id}/{index}"
+
+
+def parse_model_chunk(set_topic: str, topic: str) -> tuple[str, int] | None:
+    """``(update_id, index)`` when ``topic`` is a chunk topic under ``set_topic``, else None."""
+    if not topic.startswith(set_topic + "/"):
+        return None
+    parts = topic[len(set_topic) + 1:].split("/")
+    if len(parts) != 2 or not _UPDATE_ID.match(parts[0]) or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1])

@@ -1,0 +1,661 @@
+"""Model updates over MQTT on real parts: mosquitto, LiteRT, a real video and ``sdk.run`` in a thread.
+
+Three real bundles: the session fixture (v1), the same architecture trained briefly with another
+seed (``update-2``: other weights, same input) and a 32x32-input model (the mismatch case); the
+last two are built once and cached in pytest's cache directory like the fixture.
+"""
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import json
+import math
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+
+from mqtt_fixtures import Broker, Collector, mosquitto  # noqa: F401  (fixture)
+from sdk_bundle_fixture import load_mnist, sdk_bundle  # noqa: F401  (fixture)
+from videos import write_digit_video
+
+import sdk
+from sdk.bundle import (LABELS_FILE, MODEL_FILE, BundleError, InputSpec, Manifest, OutputSpec, Quantization,
+                        load_manifest, sha256_file, verify_bundle, write_manifest)
+from sdk.config import Config, config_from_dict
+from sdk.errors import ConfigError
+from sdk.messages import load_schema
+from sdk.mqtt import MqttPublisher, Outbox
+from sdk.topics import Topics
+from sdk.update import (ModelStore, UpdateRefused, generate_keypair, key_id, load_private_key, load_public_key, make_rollback,
+                        make_update, pack_bundle, safe_extract, sign, verify)
+from train.publish import DeviceOutcome, main as publish_main, publish_bundle, rollback
+
+REPO = Path(__file__).resolve().parents[1]
+DEVICE = "dev1"
+UPDATE_FIXTURE = "model-update-1"
+T = Topics(DEVICE)
+
+
+# -- bundles --------------------------------------------------------------------------------
+def build_variant(out_dir: Path, mnist_dir: Path, *, version: str, side: int = 28, seed: int = 1,
+                  n_train: int = 6000, name: str = "lenet-mnist-test") -> Path:
+    """A real bundle: the fixture's architecture trained for one epoch with another seed (other
+    weights), ``side`` x ``side`` input, full INT8."""
+    import cv2
+
+    from train._tf import keras, tf
+
+    tf.random.set_seed(seed)
+    x, y = load_mnist(mnist_dir, "train")
+    idx = np.random.default_rng(seed).permutation(len(x))[:n_train]
+    x, y = x[idx], y[idx].astype("int64")
+    if side != 28:
+        x = np.stack([cv2.resize(i, (side, side), interpolation=cv2.INTER_LINEAR) for i in x])
+    x = x.astype("float32")[..., None]
+    model = keras.Sequential([
+        keras.layers.Input((side, side, 1)),
+        keras.layers.Rescaling(1.0 / 255),
+        keras.layers.Conv2D(16, 5, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(32, 5, activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(),
+        keras.layers.Dense(96, activation="relu"),
+        keras.layers.Dense(10, activation="softmax"),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=128, epochs=1, verbose=0)
+
+    def representative():
+        for i in range(100):
+            yield [x[i: i + 1]]
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = representative
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    tflite = conv.convert()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MODEL_FILE).write_bytes(tflite)
+    labels = [str(i) for i in range(10)]
+    (out_dir / LABELS_FILE).write_text("\n".join(labels) + "\n")
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(out_dir / MODEL_FILE))
+    interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    write_manifest(out_dir, Manifest(
+        name=name, version=version, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), target="cpu",
+        sha256=sha256_file(out_dir / MODEL_FILE), size_bytes=len(tflite),
+        input=InputSpec(shape=[int(v) for v in inp["shape"]], dtype="int8",
+                        quantization=Quantization(scale=float(inp["quantization"][0]),
+                                                  zero_point=int(inp["quantization"][1])),
+                        colour="grey", polarity="light_on_dark", preprocess="digit"),
+        output=OutputSpec(shape=[int(v) for v in out["shape"]], dtype="int8",
+                          quantization=Quantization(scale=float(out["quantization"][0]),
+                                                    zero_point=int(out["quantization"][1])),
+                          activation="softmax"),
+        labels=labels))
+    return out_dir
+
+
+VARIANTS = {"v2": {"version": "update-2", "side": 28, "seed": 1},
+            "wide": {"version": "wide-1", "side": 32, "seed": 2, "n_train": 3000, "name": "lenet-mnist-32"}}
+
+
+@pytest.fixture(scope="session")
+def bundles(request, tmp_path_factory, mnist_dir, sdk_bundle) -> dict[str, Path]:
+    cache = getattr(request.config, "cache", None)
+    root = (Path(cache.mkdir("model-update")) if cache is not None else tmp_path_factory.mktemp("mu")) / UPDATE_FIXTURE
+    out = {"v1": sdk_bundle}
+    for tag, kw in VARIANTS.items():
+        path = root / tag
+        try:
+            verify_bundle(path)
+        except BundleError:
+            shutil.rmtree(path, ignore_errors=True)
+            tmp = root / f"{tag}.tmp{time.time_ns()}"
+            build_variant(tmp, mnist_dir, **kw)
+            try:
+                tmp.rename(path)
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+        out[tag] = path
+    return out
+
+
+def version(bundle: Path) -> str:
+    return load_manifest(bundle).version
+
+
+@pytest.fixture(scope="module")
+def loop_video(tmp_path_factory, mnist_dir):
+    x, _ = load_mnist(mnist_dir, "test")
+    return write_digit_video(tmp_path_factory.mktemp("video") / "loop.avi", x[500:530], seed=4)
+
+
+# -- a device running sdk.run in a thread ------------------------------------------------------
+def device_config(bundle, video, broker, tmp_path, *, mqtt=None, **update) -> Config:
+    return Config(device_id=DEVICE, source=f"video:{video}", loop=True, fps_cap=25, model=str(bundle),
+                  mqtt={"broker": broker, "outbox_path": str(tmp_path / "outbox.sqlite"), "reconnect_min_s": 0.2,
+                        "reconnect_max_s": 1.0, **(mqtt or {})},
+                  sampling={"enabled": False}, metrics_interval_s=0.5,
+                  update={"store_dir": str(tmp_path / "store"), **update})
+
+
+class Device:
+    """``sdk.run(config)`` on a looping video in a thread, stopped on exit."""
+
+    def __init__(self, config: Config, col: Collector | None = None):
+        self.config, self.col = config, col
+        self.stop = threading.Event()
+        self.stats = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        try:
+            self.stats = sdk.run(self.config, stop=self.stop)
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            self.error = e
+
+    def __enter__(self) -> "Device":
+        n0 = len(self.col.on(f"{DEVICE}/result")) if self.col else 0
+        self.thread.start()
+        if self.col is not None:  # ready: its model/state is out and results flow
+            assert self.col.wait_for(lambda c: len(c.on(f"{DEVICE}/result")) >= n0 + 5, 30), self.error
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+        if self.error is not None and exc[0] is None:
+            raise self.error
+
+
+def collector(port) -> Collector:
+    col = Collector(port, ("edge/#",))
+    assert col.wait_subscribed()
+    return col
+
+
+_VALIDATORS: dict[str, jsonschema.Draft202012Validator] = {}
+
+
+def validate(kind: str, payloads) -> list[dict]:
+    if kind not in _VALIDATORS:
+        _VALIDATORS[kind] = jsonschema.Draft202012Validator(load_schema(kind))
+    out = []
+    for p in payloads:
+        msg = json.loads(p)
+        _VALIDATORS[kind].validate(msg)
+        out.append(msg)
+    return out
+
+
+def states(col) -> list[dict]:
+    return validate("model-state", [p for p in col.on(f"{DEVICE}/model/state") if p])
+
+
+def outcome_of(col, update_id: str, timeout: float = 20) -> dict:
+    def find(c):
+        return next((s for s in reversed(states(c)) if (s["last_update"] or {}).get("update_id") == update_id), None)
+
+    assert col.wait_for(lambda c: find(c) is not None, timeout), f"no model/state for {update_id}"
+    return find(col)
+
+
+def results(col) -> list[dict]:
+    return validate("result", col.on(f"{DEVICE}/result"))
+
+
+def send(port: int, msgs) -> None:
+    """Publish raw update messages with QoS 1 and wait for the broker's acknowledgements."""
+    with MqttPublisher("127.0.0.1", port, outbox=Outbox(":memory:", 100000)) as pub:
+        assert pub.wait_connected(10)
+        for topic, payload in msgs:
+            pub.publish(topic, payload, qos=1)
+        assert pub.flush(20)
+
+
+def flowing(col, timeout: float = 10, n: int = 5) -> list[dict]:
+    """Results keep arriving (the run did not stop); returns the newest."""
+    n0 = len(col.on(f"{DEVICE}/result"))
+    assert col.wait_for(lambda c: len(c.on(f"{DEVICE}/result")) >= n0 + n, timeout), "frames stopped flowing"
+    return validate("result", col.on(f"{DEVICE}/result")[-n:])
+
+
+# -- end to end ---------------------------------------------------------------------------------
+def test_update_applied_while_running_without_losing_a_frame(bundles, loop_video, mosquitto, tmp_path):
+    v1, v2 = version(bundles["v1"]), version(bundles["v2"])
+    col = collector(mosquitto.port)
+    dev = Device(device_config(bundles["v1"], loop_video, mosquitto.address, tmp_path), col)
+    with dev:
+        first = states(col)[0]
+        assert first["active"]["version"] == v1 and first["previous"] is None and first["last_update"] is None
+        out = publish_bundle(bundles["v2"], mosquitto.address, devices=[DEVICE], chunk_size="16k", wait_s=30)
+        assert [(o.device, o.outcome) for o in out] == [(DEVICE, "applied")], out
+        assert out[0].version == v2 and out[0].duration_s > 0
+        assert all(r["model"]["version"] == v2 for r in flowing(col, n=10))
+        assert col.wait_for(lambda c: validate("metrics", c.on("/metrics"))[-1]["model"]["version"] == v2)
+    stats = dev.stats
+    assert stats.ended_by == "stopped" and stats.extra["model_swaps"] == 1
+    assert col.wait_for(lambda c: len(c.on(f"{DEVICE}/result")) >= stats.published)
+    res = sorted(results(col), key=lambda r: r["seq"])
+    assert [r["seq"] for r in res] == list(range(stats.published)), "a result was lost"
+    assert [r["frame_id"] for r in res] == list(range(res[0]["frame_id"], res[0]["frame_id"] + len(res))), \
+        "a frame was skipped"
+    versions = [r["model"]["version"] for r in res]
+    k = versions.index(v2)
+    assert set(versions[:k]) == {v1} and set(versions[k:]) == {v2} and k >= 5  # one switch, between frames
+    assert res[k]["model"]["sha256"] == load_manifest(bundles["v2"]).sha256
+    last = states(col)[-1]
+    assert last["active"] == {**{k_: load_manifest(bundles["v2"]).model_dump()[k_] for k_ in ("name", "version", "sha256")},
+                              "update_id": out[0].update_id}
+    assert last["previous"]["version"] == v1 and last["last_update"]["outcome"] == "applied"
+    assert last["last_update"]["source"] == "device" and last["last_update"]["reason"] is None
+    events = validate("event", col.on(f"{DEVICE}/event"))
+    upd = [e for e in events if e["event"] == "model_updated"]
+    assert len(upd) == 1 and upd[0]["detail"]["to"]["version"] == v2 and upd[0]["detail"]["from"]["version"] == v1
+    col.close()
+
+
+def test_restart_rollback_and_fallback(bundles, loop_video, mosquitto, tmp_path):
+    """The active model persists across a restart; rollback swaps back (and forth); a stored
+    model that no longer loads makes the device fall back to the configured one."""
+    v1, v2 = version(bundles["v1"]), version(bundles["v2"])
+    col = collector(mosquitto.port)
+    cfg = device_config(bundles["v1"], loop_video, mosquitto.address, tmp_path)
+    with Device(cfg, col):
+        out = publish_bundle(bundles["v2"], mosquitto.address, devices=[DEVICE], wait_s=30)
+        assert out[0].outcome == "applied", out
+    store = tmp_path / "store"
+    active = json.loads((store / "active.json").read_text())["active"]
+    assert active["version"] == v2 and (store / active["dir"] / "manifest.json").is_file()
+
+    col.messages.clear()
+    with Device(cfg, col):  # restart: starts with the updated model
+        assert results(col)[0]["model"]["version"] == v2
+        s0 = states(col)[0]
+        assert s0["active"]["version"] == v2 and s0["previous"]["version"] == v1
+        back = rollback(mosquitto.address, devices=[DEVICE], wait_s=30)
+        assert [(o.outcome, o.version) for o in back] == [("rolled_back", v1)], back
+        assert all(r["model"]["version"] == v1 for r in flowing(col))
+        s = outcome_of(col, back[0].update_id)
+        assert s["active"]["version"] == v1 and s["previous"]["version"] == v2
+        again = rollback(mosquitto.address, devices=[DEVICE], wait_s=30)  # rollback toggles
+        assert again[0].outcome == "rolled_back" and again[0].version == v2
+        assert all(r["model"]["version"] == v2 for r in flowing(col))
+    assert "model_rolled_back" in {e["event"] for e in validate("event", col.on("/event"))}
+
+    model = store / json.loads((store / "active.json").read_text())["active"]["dir"] / MODEL_FILE
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    col.messages.clear()
+    with Device(cfg, col):  # the stored model is corrupt: the configured one runs
+        assert {r["model"]["version"] for r in results(col)} == {v1}
+        assert states(col)[0]["active"]["version"] == v1 and states(col)[0]["previous"] is None
+    col.close()
+
+
+def test_signed_updates_accepted_unsigned_and_badly_signed_refused(bundles, loop_video, mosquitto, tmp_path):
+    v1, v2 = version(bundles["v1"]), version(bundles["v2"])
+    _, trusted_pub, trusted_id = generate_keypair(tmp_path / "keys" / "trusted")
+    trusted = tmp_path / "keys" / "trusted.key"
+    rogue_key, _, _ = generate_keypair(tmp_path / "keys" / "rogue")
+    col = collector(mosquitto.port)
+    with Device(device_config(bundles["v1"], loop_video, mosquitto.address, tmp_path, public_key=str(trusted_pub)),
+                col):
+        def refused(out, *words):
+            assert len(out) == 1 and out[0].outcome == "refused", out
+            assert all(w in out[0].reason for w in words), out[0].reason
+            assert all(r["model"]["version"] == v1 for r in flowing(col))
+
+        refused(publish_bundle(bundles["v2"], mosquitto.address, devices=[DEVICE], wait_s=20), "unsigned", trusted_id)
+        refused(publish_bundle(bundles["v2"], mosquitto.address, devices=[DEVICE], sign_key=rogue_key, wait_s=20),
+                "trusts key", trusted_id)
+        # a valid signature, but the claimed version (or the archive) was swapped afterwards
+        upd = make_update(pack_bundle(bundles["v2"]), load_manifest(bundles["v2"]), sign_key=load_private_key(trusted))
+        upd.begin["version"] = "9.9-evil"
+        send(mosquitto.port, upd.messages(T.model_set))
+        s = outcome_of(col, upd.update_id)
+        assert s["last_update"]["outcome"] == "refused" and "bad signature" in s["last_update"]["reason"]
+        refused(rollback(mosquitto.address, devices=[DEVICE], wait_s=20), "unsigned")
+        out = publish_bundle(bundles["v2"], mosquitto.address, devices=[DEVICE], sign_key=trusted, wait_s=30)
+        assert out[0].outcome == "applied", out
+        assert all(r["model"]["version"] == v2 for r in flowing(col))
+        back = rollback(mosquitto.address, devices=[DEVICE], sign_key=trusted, wait_s=20)
+        assert back[0].outcome == "rolled_back" and back[0].version == v1
+    col.close()
+
+
+def _tar_gz(entries) -> bytes:
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        for info, data in entries:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def _file(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+def test_bad_updates_are_refused_and_the_old_model_keeps_running(bundles, loop_video, mosquitto, tmp_path):
+    v1 = version(bundles["v1"])
+    m2 = load_manifest(bundles["v2"])
+    archive = pack_bundle(bundles["v2"])
+    col = collector(mosquitto.port)
+    cfg = device_config(bundles["v1"], loop_video, mosquitto.address, tmp_path, timeout_s=1.5, max_bytes=4_000_000)
+
+    def copy_v2(name, edit):
+        d = tmp_path / name
+        shutil.copytree(bundles["v2"], d)
+        edit(d)
+        return d
+
+    def flip_model_byte(d):
+        data = bytearray((d / MODEL_FILE).read_bytes())
+        data[len(data) // 3] ^= 0x55
+        (d / MODEL_FILE).write_bytes(bytes(data))
+
+    def nine_labels(d):
+        m = json.loads((d / "manifest.json").read_text())
+        m["labels"] = m["labels"][:9]
+        (d / "manifest.json").write_text(json.dumps(m))
+
+    bad_model = copy_v2("bad-model", flip_model_byte)
+    bad_labels = copy_v2("bad-labels", nine_labels)
+    manifest_bytes = (bundles["v2"] / "manifest.json").read_bytes()
+    link = tarfile.TarInfo("model.tflite")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+
+    cases = []  # (name, messages, words the reason must hold)
+    upd = make_update(archive, m2, chunk_size=16 * 1024)
+    upd.chunks[1] = bytes([upd.chunks[1][0] ^ 1]) + upd.chunks[1][1:]
+    cases.append(("corrupt chunk", upd, ["sha256", "does not match"]))
+    upd = make_update(archive, m2, chunk_size=16 * 1024)
+    del upd.chunks[2]
+    msgs = upd.messages(T.model_set)  # chunk topics are numbered by position: renumber to leave a hole at 2
+    msgs = [msgs[0]] + [(f"{T.model_set}/{upd.update_id}/{i if i < 2 else i + 1}", c)
+                        for i, c in enumerate(upd.chunks)] + [msgs[-1]]
+    cases.append(("missing chunk", msgs, ["incomplete", "missing: 2", "timeout_s"]))
+    cases.append(("short archive", make_update(archive[: len(archive) // 2], m2), ["not a readable tar.gz"]))
+    cases.append(("model vs manifest", make_update(pack_bundle(bad_model), load_manifest(bad_model)),
+                  ["sha256", "does not match the manifest"]))
+    cases.append(("labels vs outputs", make_update(pack_bundle(bad_labels), load_manifest(bad_labels)),
+                  ["10 classes", "9 labels"]))
+    cases.append(("wrong input shape", make_update(pack_bundle(bundles["wide"]), load_manifest(bundles["wide"])),
+                  ["input shape [1, 32, 32, 1]", "[1, 28, 28, 1]", "allow_input_change"]))
+    cases.append(("claims another version", make_update(archive, m2.model_copy(update={"version": "7"})),
+                  ["version 'update-2'", "claims '7'"]))
+    cases.append(("path traversal", make_update(_tar_gz([_file("manifest.json", manifest_bytes),
+                                                         _file("../evil.txt", b"x")]), m2), ["unsafe", "'..'"]))
+    cases.append(("symlink", make_update(_tar_gz([_file("manifest.json", manifest_bytes), (link, None)]), m2),
+                  ["unsafe", "link"]))
+    big = make_update(archive, m2, chunk_size=1 << 20)
+    big.begin["archive"].update(size=4_000_001, chunks=4)
+    cases.append(("oversized", [(T.model_set, json.dumps(big.begin).encode())], ["exceeds update.max_bytes"]))
+
+    with Device(cfg, col):
+        for name, upd, words in cases:
+            msgs = upd.messages(T.model_set) if hasattr(upd, "messages") else upd
+            uid = json.loads(msgs[0][1])["update_id"]
+            t0 = time.monotonic()
+            send(mosquitto.port, msgs)
+            lu = outcome_of(col, uid)["last_update"]
+            assert lu["outcome"] == "refused", (name, lu)
+            assert all(w in lu["reason"] for w in words), (name, lu["reason"])
+            if name == "missing chunk":
+                assert time.monotonic() - t0 >= 1.5
+            assert all(r["model"]["version"] == v1 for r in flowing(col, n=3)), name
+        send(mosquitto.port, [(T.model_set, b"{not json")])
+        assert col.wait_for(lambda c: "not JSON" in (states(c)[-1]["last_update"] or {}).get("reason", ""))
+        assert states(col)[-1]["active"]["version"] == v1
+    refusals = [e for e in validate("event", col.on("/event")) if e["event"] == "model_update_refused"]
+    assert len(refusals) == len(cases) + 1
+    store = tmp_path / "store"
+    leftovers = [p.name for p in store.iterdir() if p.name not in ("active.json", ".staging")]
+    assert leftovers == [] and list((store / ".staging").iterdir()) == []
+    assert not (tmp_path / "evil.txt").exists() and not (store / "evil.txt").exists()
+    col.close()
+
+
+def test_fleet_topic_reaches_the_device(bundles, loop_video, mosquitto, tmp_path):
+    col = collector(mosquitto.port)
+    with Device(device_config(bundles["v1"], loop_video, mosquitto.address, tmp_path), col):
+        out = publish_bundle(bundles["v2"], mosquitto.address, fleet=True, wait_s=30)
+        assert [(o.device, o.outcome) for o in out] == [(DEVICE, "applied")], out
+        assert outcome_of(col, out[0].update_id)["last_update"]["source"] == "fleet"
+        assert all(r["model"]["version"] == version(bundles["v2"]) for r in flowing(col))
+    col.close()
+
+
+def test_persistent_session_gets_an_update_published_while_offline(bundles, loop_video, mosquitto, tmp_path):
+    col = collector(mosquitto.port)
+    cfg = device_config(bundles["v1"], loop_video, mosquitto.address, tmp_path, mqtt={"persistent_session": True})
+    with Device(cfg, col):
+        pass  # the broker now holds the device's session and subscriptions
+    out = publish_bundle(bundles["v2"], mosquitto.address, devices=[DEVICE])  # the device is offline
+    assert [o.outcome for o in out] == ["sent"]
+    with Device(cfg, col):
+        s = outcome_of(col, out[0].update_id)
+        assert s["last_update"]["outcome"] == "applied" and s["active"]["version"] == version(bundles["v2"])
+    col.close()
+
+
+def test_publish_cli_waits_for_the_outcome(bundles, loop_video, mosquitto, tmp_path, capsys):
+    col = collector(mosquitto.port)
+    keys = tmp_path / "k" / "ops"
+    cli = [sys.executable, "-m", "train.publish"]
+    r = subprocess.run(cli + ["keygen", str(keys)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert stat.S_IMODE(os.stat(f"{keys}.key").st_mode) == 0o600 and Path(f"{keys}.pub").is_file()
+    assert key_id(load_public_key(f"{keys}.pub")) in r.stdout
+    cfg = device_config(bundles["v1"], loop_video, mosquitto.address, tmp_path, public_key=f"{keys}.pub")
+    with Device(cfg, col):
+        r = subprocess.run(cli + ["--bundle", str(bundles["v2"]), "--device", DEVICE, "--broker", mosquitto.address,
+                                  "--sign-key", f"{keys}.key", "--chunk-size", "32k", "--wait", "30"],
+                           cwd=REPO, capture_output=True, text=True, timeout=90)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.startswith(f"{DEVICE}: applied (version {version(bundles['v2'])}")
+        # a refusal and a device that does not exist: exit 4, both named
+        code = publish_main(["--bundle", str(bundles["wide"]), "--device", DEVICE, "ghost", "--broker",
+                             mosquitto.address, "--sign-key", f"{keys}.key", "--wait", "3"])
+        out = capsys.readouterr().out
+        assert code == 4
+        assert f"{DEVICE}: refused: input shape" in out and "ghost: no answer" in out
+        code = publish_main(["rollback", "--device", DEVICE, "--broker", mosquitto.address, "--sign-key",
+                             f"{keys}.key", "--wait", "20", "--json"])
+        assert code == 0
+        assert json.loads(capsys.readouterr().out)[0]["outcome"] == "rolled_back"
+    col.close()
+    r = subprocess.run([sys.executable, "-c", "import sys, train.publish; print('tensorflow' in sys.modules)"],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "False", "train.publish must run without TensorFlow"
+
+
+def test_publish_bad_input_exits_2_naming_the_path(bundles, tmp_path, capsys):
+    def run(*args):
+        code = publish_main([str(a) for a in args])
+        return code, capsys.readouterr().err
+
+    code, err = run("--bundle", tmp_path / "nope", "--device", DEVICE, "--broker", "127.0.0.1:1")
+    assert code == 2 and str(tmp_path / "nope") in err and "not found" in err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "manifest.json").write_text('{"name": "x"}')
+    code, err = run("--bundle", bad, "--device", DEVICE, "--broker", "127.0.0.1:1")
+    assert code == 2 and "manifest" in err and str(bad) in err
+    code, err = run("--bundle", bundles["v2"], "--device", DEVICE, "--broker", "127.0.0.1:1",
+                    "--sign-key", tmp_path / "missing.key")
+    assert code == 2 and str(tmp_path / "missing.key") in err
+    code, err = run("--bundle", bundles["v2"], "--broker", "127.0.0.1:1")
+    assert code == 2 and "--device" in err
+    code, err = run("--bundle", bundles["v2"], "--device", "fleet", "--broker", "127.0.0.1:1")
+    assert code == 2 and "--fleet" in err
+    code, err = run("--bundle", bundles["v2"], "--device", DEVICE, "--broker", "127.0.0.1:1", "--chunk-size", "lots")
+    assert code == 2 and "lots" in err
+    code, err = run("--bundle", bundles["v2"], "--device", DEVICE, "--broker", "127.0.0.1:1", "--connect-timeout", "1")
+    assert code == 3 and "127.0.0.1:1" in err
+
+
+# -- units --------------------------------------------------------------------------------------
+def test_pack_bundle_is_deterministic(bundles, tmp_path):
+    a = pack_bundle(bundles["v2"])
+    copy = tmp_path / "copy"
+    shutil.copytree(bundles["v2"], copy)
+    os.utime(copy / MODEL_FILE, (1, 1))
+    assert pack_bundle(copy) == a
+    assert a[4:8] == b"\0\0\0\0"  # gzip header mtime 0
+    with tarfile.open(fileobj=io.BytesIO(a), mode="r:gz") as tar:
+        members = tar.getmembers()
+    assert [m.name for m in members] == sorted(p.name for p in bundles["v2"].iterdir())
+    assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.uname == "" and m.isfile() for m in members)
+    with pytest.raises(BundleError, match="no manifest.json"):
+        pack_bundle(tmp_path)
+
+
+def test_signature_covers_the_claims_and_key_formats(bundles, tmp_path):
+    key_path, pub_path, kid = generate_keypair(tmp_path / "k")
+    key, pub = load_private_key(key_path), load_public_key(pub_path)
+    from cryptography.hazmat.primitives import serialization
+
+    raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    import hashlib
+
+    assert kid == key_id(pub) == hashlib.sha256(raw).hexdigest()[:16]
+    (tmp_path / "raw.pub").write_text(base64.b64encode(raw).decode() + "\n")
+    assert key_id(load_public_key(tmp_path / "raw.pub")) == kid
+    upd = make_update(pack_bundle(bundles["v2"]), load_manifest(bundles["v2"]), sign_key=key)
+    verify(upd.begin, pub)
+    for path, value in ((("version",), "x"), (("name",), "x"), (("target",), "coral"), (("update_id",), "ab" * 8),
+                        (("archive", "sha256"), "0" * 64), (("archive", "size"), 1), (("manifest_sha256",), "1" * 64)):
+        msg = json.loads(json.dumps(upd.begin))
+        (msg[path[0]] if len(path) == 2 else msg)[path[-1]] = value
+        with pytest.raises(UpdateRefused, match="bad signature"):
+            verify(msg, pub)
+    rb = make_rollback(sign_key=key)
+    verify(rb, pub)
+    with pytest.raises(UpdateRefused, match="unsigned"):
+        verify(make_rollback(), pub)
+    for m in (upd.begin, upd.end, rb, make_rollback()):
+        jsonschema.validate(m, load_schema("model-update"))
+    with pytest.raises(ValueError, match="not found"):
+        load_public_key(tmp_path / "none.pub")
+    (tmp_path / "junk.pub").write_text("hello")
+    with pytest.raises(ValueError, match="junk.pub"):
+        load_public_key(tmp_path / "junk.pub")
+    with pytest.raises(ValueError, match="exists"):
+        generate_keypair(tmp_path / "k")
+    assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
+    signed = sign({"a": 1}, key)
+    assert signed["signature"]["key_id"] == kid and len(base64.b64decode(signed["signature"]["value"])) == 64
+
+
+@pytest.mark.parametrize("entry,words", [
+    (lambda: _file("/abs.txt", b"x"), "absolute"),
+    (lambda: _file("a/../../x", b"x"), "'..'"),
+    (lambda: (lambda i: (setattr(i, "type", tarfile.LNKTYPE) or setattr(i, "linkname", "manifest.json") or i, None))(
+        tarfile.TarInfo("hard")), "link"),
+    (lambda: (lambda i: (setattr(i, "type", tarfile.CHRTYPE) or i, None))(tarfile.TarInfo("dev")), "device"),
+])
+def test_safe_extract_refuses_unsafe_entries(tmp_path, entry, words):
+    arc = tmp_path / "a.tar.gz"
+    arc.write_bytes(_tar_gz([_file("manifest.json", b"{}"), entry()]))
+    with pytest.raises(UpdateRefused, match="unsafe"):
+        safe_extract(arc, tmp_path / "out", 10_000)
+    assert not (tmp_path / "out").exists()
+
+
+def test_safe_extract_bounds_the_expanded_size(tmp_path):
+    arc = tmp_path / "a.tar.gz"
+    arc.write_bytes(_tar_gz([_file("zeros", bytes(200_000))]))
+    assert arc.stat().st_size < 2000
+    with pytest.raises(UpdateRefused, match="expands to more than"):
+        safe_extract(arc, tmp_path / "out", 100_000)
+
+
+def test_update_config_section():
+    c = Config(device_id="d")
+    assert c.update.enabled and c.update.fleet and c.update.public_key is None and c.update.keep >= 2
+    assert not c.mqtt.persistent_session
+    with pytest.raises(ConfigError, match="update.max_byte"):
+        config_from_dict({"device_id": "d", "update": {"max_byte": 1}})
+    with pytest.raises(ConfigError, match="reserved"):
+        config_from_dict({"device_id": "fleet"})
+
+
+def test_public_key_missing_is_a_config_error(sdk_bundle, loop_video, tmp_path):
+    cfg = Config(device_id=DEVICE, source=f"video:{loop_video}", model=str(sdk_bundle),
+                 mqtt={"broker": "127.0.0.1:1", "outbox_path": ":memory:"}, update={"public_key": str(tmp_path / "k.pub")})
+    with pytest.raises(ConfigError, match="update.public_key.*k.pub"):
+        sdk.run(cfg)
+
+
+def test_outcome_line():
+    assert DeviceOutcome("d", "refused", "bad").line() == "d: refused: bad"
+    assert not DeviceOutcome("d", "no_answer", "x").ok and DeviceOutcome("d", "applied").ok
+
+
+def test_store_keeps_the_active_and_previous_bundles_and_prunes_older(bundles, tmp_path):
+    store = ModelStore(tmp_path / "store", keep=2)
+    m = load_manifest(bundles["v2"])
+    m1 = load_manifest(bundles["v1"])
+    base = {"name": m1.name, "version": m1.version, "sha256": m1.sha256, "update_id": None, "dir": None}
+    current = base
+    for i in range(4):
+        src = tmp_path / f"in{i}"
+        shutil.copytree(bundles["v2"], src)
+        name = store.install(src, m, f"{i:08x}")
+        ref = {**current, "name": m.name, "version": f"v{i}", "update_id": f"{i:08x}", "dir": name}
+        store.activate(ref, current)
+        current = ref
+    store.save()
+    dirs = sorted(p.name for p in store.root.iterdir() if p.is_dir())
+    assert dirs == sorted([store.active["dir"], store.previous["dir"]]) and store.active["version"] == "v3"
+    assert store.state["base"]["version"] == m1.version
+    again = ModelStore(tmp_path / "store")
+    assert again.active == store.active and again.startup_model(bundles["v1"]) == store.root / store.active["dir"]
+    assert again.startup_model(bundles["v2"]) == bundles["v2"]  # another configured model than the base: it wins
+    assert again.active is None
+
+
+def test_subscriptions_are_renewed_after_a_broker_restart(tmp_path):
+    broker = Broker(tmp_path / "b").start()
+    got = []
+    try:
+        pub = MqttPublisher("127.0.0.1", broker.port, "sub-test", reconnect_min_s=0.1, reconnect_max_s=0.3)
+        pub.subscribe("edge/v1/dev1/model/set/#", 1, lambda t, p: got.append((t, p)))
+        with pub:
+            assert pub.wait_connected(10)
+            broker.kill()
+            broker.start()  # no persistence: the subscription must be made again by the client
+            end = time.monotonic() + 10
+            while time.monotonic() < end and not got:
+                send(broker.port, [("edge/v1/dev1/model/set", b"x"), ("edge/v1/dev1/model/set/ab12cd34/0", b"y")])
+                time.sleep(0.2)
+            time.sleep(0.2)
+        assert ("edge/v1/dev1/model/set", b"x") in got and ("edge/v1/dev1/model/set/ab12cd34/0", b"y") in got
+        assert pub.connects >= 2
+    finally:
+        broker.stop()
