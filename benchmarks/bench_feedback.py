@@ -36,7 +36,7 @@ SHARED = Path(os.environ.get("EDGECLF_SHARED_DATA", HERE.parent.parent / "shared
 RESULTS = HERE / "results"
 BASE_RUN = HERE / "cache" / "runs" / "lenet5_mnist"
 VARIANTS = ("replay", "none", "ewc")
-EWC_LAMBDA = 500.0
+EWC_LAMBDA = 1e6
 
 
 def base_run() -> Path:

@@ -145,7 +145,7 @@ def lenet5_fashion() -> dict:
 
 
 def resnet_fashion() -> dict:
-    return _run("resnet_fashion", TrainConfig(model="resnet_small", data=str(SHARED / "fashion-mnist"), epochs=25, batch_size=128,
+    return _run("resnet_fashion", TrainConfig(model="resnet_small", data=str(SHARED / "fashion-mnist"), epochs=15, batch_size=128,
                                               lr_schedule="cosine", early_stopping_patience=0, label_smoothing=0.1,
                                               augment=AugmentConfig(enabled=True, rotation=0, shift=0.1, zoom=0.0, hflip=True),
                                               runs_dir=str(CACHE / "runs"), run_name="resnet_fashion", tensorboard=False,
