@@ -149,6 +149,16 @@ class TlsSettings:
         if (self.certfile is None) != (self.keyfile is None):
             raise MqttConfigError("TLS client certificate needs both certfile and keyfile")
 
+    def apply(self, client: mqtt.Client) -> None:
+        """Check the files and switch ``client`` to TLS (server certificate always verified)."""
+        self.check()
+        try:
+            client.tls_set(ca_certs=self.ca_certs, certfile=self.certfile, keyfile=self.keyfile,
+                           cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        except (ssl.SSLError, ValueError, OSError) as e:
+            raise MqttConfigError(f"TLS settings unusable: {e}") from e
+        client.tls_insecure_set(self.insecure)
+
 
 class MqttPublisher:
     """paho v2 client + outbox + sender thread. Use as a context manager.
@@ -192,13 +202,7 @@ class MqttPublisher:
         c.max_inflight_messages_set(window)
         c.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
         if tls is not None:
-            tls.check()
-            try:
-                c.tls_set(ca_certs=tls.ca_certs, certfile=tls.certfile, keyfile=tls.keyfile,
-                          cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-            except (ssl.SSLError, ValueError, OSError) as e:
-                raise MqttConfigError(f"TLS settings unusable: {e}") from e
-            c.tls_insecure_set(tls.insecure)
+            tls.apply(c)
         if username is not None:
             c.username_pw_set(username, password)
         elif password is not None:

@@ -29,7 +29,6 @@ import logging
 import signal
 import socket
 import sqlite3
-import ssl
 import sys
 import threading
 import time
@@ -39,7 +38,6 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from sdk.errors import MqttConfigError
 from sdk.mqtt import TlsSettings, credentials_from_env, parse_broker
 from sdk.topics import CONTRACT_VERSION, check_segment
 from train.feedback import FeedbackError, FeedbackStore
@@ -84,13 +82,7 @@ class Collector:
                         manual_ack=True)
         c.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
         if tls is not None:
-            tls.check()
-            try:
-                c.tls_set(ca_certs=tls.ca_certs, certfile=tls.certfile, keyfile=tls.keyfile,
-                          cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-            except (ssl.SSLError, ValueError, OSError) as e:
-                raise MqttConfigError(f"TLS settings unusable: {e}") from e
-            c.tls_insecure_set(tls.insecure)
+            tls.apply(c)
         if username is not None:
             c.username_pw_set(username, password)
         c.on_connect = self._on_connect

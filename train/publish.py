@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 from sdk.bundle import BundleError, verify_bundle
 from sdk.errors import MqttConfigError
 from sdk.mqtt import MqttPublisher, Outbox, TlsSettings, credentials_from_env, parse_broker
-from sdk.topics import FLEET, CONTRACT_VERSION, Topics, check_segment, fleet_model_set
+from sdk.topics import FLEET, CONTRACT_VERSION, Topics, fleet_model_set
 from sdk.update import (DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, encode, generate_keypair, load_private_key,
                         make_rollback, make_update, pack_bundle)
 
