@@ -203,7 +203,8 @@ def _img(b64: str | None, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">' if b64 else ""
 
 
-def render_report(title: str, metrics: dict, figures: dict[str, str | None], info: dict, dataset: dict | None) -> str:
+def render_report(title: str, metrics: dict, figures: dict[str, str | None], info: dict, dataset: dict | None,
+                  analyses: list[str] = ()) -> str:
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
         "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
@@ -246,8 +247,60 @@ def render_report(title: str, metrics: dict, figures: dict[str, str | None], inf
             parts.append(_table(per, list(per[0].keys()), {"percent": ".2f"}))
         rest = {k: v for k, v in dataset.items() if k != "per_class" and not isinstance(v, (list, dict))}
         parts.append(_table([{"fact": k, "value": v} for k, v in rest.items()], ["fact", "value"]))
+    parts.extend(analyses)
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- analyses
+
+ANALYSIS_DIR = "analysis"
+
+
+def _section(name: str, title: str, body_html: str) -> str:
+    return (f"<!-- analysis:{name} --><section id='{html.escape(name)}'><h2>{html.escape(title)}</h2>\n"
+            f"{body_html}\n</section><!-- /analysis:{name} -->")
+
+
+def analysis_sections(run_dir: str | Path) -> list[str]:
+    """The report sections of the analyses stored with a run (``analysis/*.json``), by name."""
+    out = []
+    for f in sorted((Path(run_dir) / ANALYSIS_DIR).glob("*.json")):
+        a = json.loads(f.read_text())
+        out.append(_section(a["name"], a["title"], a["html"]))
+    return out
+
+
+def add_analysis(run_dir: str | Path, name: str, title: str, body_html: str, data: Any = None) -> Path:
+    """Store an analysis of a run (robustness, fairness, explanations...) as ``analysis/<name>.json``
+    and put its section into ``report.html`` (replacing an earlier one of the same name).
+
+    ``body_html`` is self-contained (images as base64, e.g. from :func:`_png`); ``data`` holds the
+    figures behind it. Later re-evaluations keep the section.
+    """
+    import re
+
+    run_dir = Path(run_dir)
+    (run_dir / ANALYSIS_DIR).mkdir(exist_ok=True)
+    path = run_dir / ANALYSIS_DIR / f"{name}.json"
+    path.write_text(json.dumps({"name": name, "title": title, "html": body_html, "data": data}, default=_json_default)
+                    + "\n")
+    report = run_dir / "report.html"
+    if report.is_file():
+        text = report.read_text()
+        section = _section(name, title, body_html)
+        pattern = re.compile(rf"<!-- analysis:{re.escape(name)} -->.*?<!-- /analysis:{re.escape(name)} -->", re.S)
+        text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.replace("</body>", section + "\n</body>")
+        report.write_text(text)
+    return path
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
 
 
 def evaluate_run(run_dir: str | Path, *, model=None, splits: dict | None = None, timing: bool = True) -> dict[str, Any]:
@@ -279,7 +332,8 @@ def evaluate_run(run_dir: str | Path, *, model=None, splits: dict | None = None,
     metrics["train_seconds"] = info.get("train_seconds")
     (run.path / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     title = f"{run.config.model} on {Path(run.config.data).name or run.config.data}: {run.path.name}"
-    (run.path / "report.html").write_text(render_report(title, metrics, figures, info, dataset))
+    (run.path / "report.html").write_text(render_report(title, metrics, figures, info, dataset,
+                                                        analysis_sections(run.path)))
     return metrics
 
 
