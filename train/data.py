@@ -201,6 +201,7 @@ def load_dataset(
     *,
     class_names: Sequence[str] | None = None,
     num_classes: int | None = None,
+    group_column: str | None = None,
 ) -> Dataset:
     """Load a labelled (or unlabelled) image set; see the module docstring for the kinds.
 
@@ -214,8 +215,13 @@ def load_dataset(
     class_names / num_classes: the class set, overriding the source's default (CSV: digits 0-9).
         Labels outside it are errors. For an image folder, class_names fixes the index order and
         every class folder must be one of them.
+    group_column: for a Kaggle CSV, the name of a non-pixel column (``group``, ``source``, ...) to
+        keep as ``Dataset.groups``; it must exist. By default a column named ``group`` is kept.
     """
     if isinstance(spec, Dataset):
+        if group_column is not None:
+            raise DataError(f"{spec.source or 'Dataset'}: group_column= applies when reading a CSV; "
+                            "set Dataset.groups instead")
         return _conform(spec, _norm_size(image_size), _norm_colour(colour))
     size = _norm_size(image_size)
     col = _norm_colour(colour)
@@ -224,6 +230,9 @@ def load_dataset(
 
     path = Path(os.fspath(spec)).expanduser()
     text = os.fspath(spec)
+    if group_column is not None and not _csv_source(path):
+        raise DataError(f"{text}: group_column={group_column!r} applies to a Kaggle-style CSV (or a folder "
+                        "holding train.csv / test.csv) only; give other sources' groups in a side file")
     if not path.exists():
         key = _named_key(text)
         if key is not None:
@@ -238,14 +247,14 @@ def load_dataset(
         if _idx_files_in(path):
             ds = _load_idx_dir(path, canon, names)
         elif _csv_split_files(path):
-            ds = _load_csv_dir(path, canon, names)
+            ds = _load_csv_dir(path, canon, names, group_column)
         else:
             return _load_image_tree(_dir_tree(path), canon, size, col, names)
         return _conform(ds, size, col)
 
     lower = path.name.lower()
     if lower.endswith((".csv", ".csv.gz")):
-        ds = _load_kaggle_csv(path, names)
+        ds = _load_kaggle_csv(path, names, group_column)
     elif lower.endswith(".npz"):
         ds = _load_npz(path, canon, names)
     elif lower.endswith(".zip"):
@@ -423,9 +432,31 @@ def _read_bytes(path: Path) -> bytes:
         raise DataError(f"{path}: cannot read ({e})") from e
 
 
-def _csv_columns(path: Path, header: list[str]) -> tuple[int | None, np.ndarray, int | None, int]:
-    """-> (label column, pixel columns ordered pixel0..pixelN-1, group column, image side)."""
+def _csv_source(path: Path) -> bool:
+    """Whether ``load_dataset`` reads ``path`` as a Kaggle CSV (a file, or a folder of split CSVs)."""
+    if path.is_dir():
+        return not _idx_files_in(path) and bool(_csv_split_files(path))
+    return path.name.lower().endswith((".csv", ".csv.gz"))
+
+
+def _csv_columns(path: Path, header: list[str], group_column: str | None = None
+                 ) -> tuple[int | None, np.ndarray, int | None, int]:
+    """-> (label column, pixel columns ordered pixel0..pixelN-1, group column, image side).
+
+    The group column is ``group_column`` (which must exist) or, by default, ``group`` if present.
+    """
+    names = [h.strip() for h in header]
+    if group_column is not None and (group_column == "label" or _PIXEL_RE.fullmatch(group_column)):
+        raise DataError(f"{path}: group_column={group_column!r} must name a column other than "
+                        "'label' and the pixel columns")
+    if group_column is not None and group_column not in names:
+        pixels = [n for n in names if _PIXEL_RE.fullmatch(n)]
+        shown = [repr(n) for n in names if not _PIXEL_RE.fullmatch(n)]
+        if pixels:
+            shown.append(f"{pixels[0]}..{pixels[-1]} ({len(pixels)} pixel columns)")
+        raise DataError(f"{path}: line 1: no column {group_column!r}; the columns are {', '.join(shown)}")
     label_col = group_col = None
+    group_name = group_column or "group"
     pixel_at: dict[int, int] = {}
     for col, raw_name in enumerate(header):
         name = raw_name.strip()
@@ -439,13 +470,14 @@ def _csv_columns(path: Path, header: list[str]) -> tuple[int | None, np.ndarray,
             if label_col is not None:
                 raise DataError(f"{path}: line 1: column 'label' appears twice")
             label_col = col
-        elif name == "group":
+        elif name == group_name:
             if group_col is not None:
-                raise DataError(f"{path}: line 1: column 'group' appears twice")
+                raise DataError(f"{path}: line 1: column {name!r} appears twice")
             group_col = col
-        else:
+        elif name != "group":
             raise DataError(f"{path}: line 1: unexpected column {name!r} (column {col + 1}); a Kaggle "
-                            "digit CSV has 'label' (optional), 'pixel0'..'pixelN' and optionally 'group'")
+                            "digit CSV has 'label' (optional), 'pixel0'..'pixelN' and optionally 'group' "
+                            "(or another group column named by group_column=)")
     if not pixel_at:
         raise DataError(f"{path}: line 1: no pixel0.. columns; not a Kaggle digit-recognizer CSV")
     n = len(pixel_at)
@@ -459,7 +491,7 @@ def _csv_columns(path: Path, header: list[str]) -> tuple[int | None, np.ndarray,
     return label_col, np.array([pixel_at[k] for k in range(n)]), group_col, side
 
 
-def _load_kaggle_csv(path: Path, names: list[str] | None) -> Dataset:
+def _load_kaggle_csv(path: Path, names: list[str] | None, group_column: str | None = None) -> Dataset:
     raw = _read_bytes(path)
     if raw.startswith(codecs.BOM_UTF8):
         raw = raw[len(codecs.BOM_UTF8):]
@@ -473,7 +505,7 @@ def _load_kaggle_csv(path: Path, names: list[str] | None) -> Dataset:
     del raw
     lines = text.split("\n")
     header = next(csv.reader([lines[0].rstrip("\r")]))
-    label_col, pixel_cols, group_col, side = _csv_columns(path, header)
+    label_col, pixel_cols, group_col, side = _csv_columns(path, header, group_column)
     ncols = len(header)
     while len(lines) > 1 and not lines[-1].strip():
         lines.pop()
@@ -570,11 +602,11 @@ def _csv_split_files(folder: Path) -> dict[str, Path]:
     return found
 
 
-def _load_csv_dir(folder: Path, split: str, names: list[str] | None) -> Dataset:
+def _load_csv_dir(folder: Path, split: str, names: list[str] | None, group_column: str | None = None) -> Dataset:
     files = _csv_split_files(folder)
     if split not in files:
         raise DataError(f"{folder}: no {split}.csv here (found: {', '.join(sorted(p.name for p in files.values()))})")
-    return _load_kaggle_csv(files[split], names)
+    return _load_kaggle_csv(files[split], names, group_column)
 
 
 # --------------------------------------------------------------------------------------------

@@ -240,6 +240,9 @@ def render_report(title: str, metrics: dict, figures: dict[str, str | None], inf
                          + _table(m["confused_pairs"], ["pair", "total", "first_as_second", "second_as_first"]))
         if figures.get(f"{split}_gallery"):
             parts.append("<h3>Misclassified (most confident first)</h3>" + _img(figures[f"{split}_gallery"], "misclassified"))
+        if figures.get(f"{split}_gradcam"):
+            parts.append("<h3>Grad-CAM of the misclassified: where the predicted class's evidence lies</h3>"
+                         + _img(figures[f"{split}_gradcam"], "Grad-CAM of misclassified"))
     if dataset:
         parts.append("<h2>Training data</h2>")
         per = dataset.get("per_class") or []
@@ -305,6 +308,7 @@ def _json_default(o):
 
 def evaluate_run(run_dir: str | Path, *, model=None, splits: dict | None = None, timing: bool = True) -> dict[str, Any]:
     """Evaluate a run's model on its validation and test splits; write metrics.json and report.html."""
+    from train.explain import gradcam_gallery
     from train.runs import load_run
 
     run = load_run(run_dir)
@@ -326,6 +330,7 @@ def evaluate_run(run_dir: str | Path, *, model=None, splits: dict | None = None,
         figures[f"{split}_confusion"] = plot_confusion(m["confusion_matrix"], class_names, f"{split} confusion matrix")
         figures[f"{split}_roc"] = plot_roc(ds.y, probs, class_names, f"{split} one-vs-rest ROC")
         figures[f"{split}_gallery"] = plot_gallery(ds.x, ds.y, probs, class_names)
+        figures[f"{split}_gradcam"] = gradcam_gallery(model, ds.x, ds.y, probs, class_names, limit=16)
     if timing:
         metrics["timing"] = inference_timing(model, splits["val"].x[:512])
     info = {**run.info, "model": run.config.model, "data": run.config.data}
