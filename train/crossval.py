@@ -5,6 +5,8 @@
 Takes the same flags as ``train.train`` plus ``--folds``. Every fold trains a fresh model on
 K-1 folds and is scored on the held-out fold; the output is each metric's mean and standard
 deviation over the folds (``crossval.json`` in the output directory, and a table on stdout).
+Early stopping and learning-rate reduction watch a stratified ``--val-fraction`` carved from the
+K-1 training folds, never the held-out fold, so the fold scores are not selected on themselves.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from train.config import TrainConfig
-from train.data import DataError, kfold_indices, load_dataset, stratified_sample
+from train.data import DataError, kfold_indices, load_dataset, stratified_sample, stratified_split
 from train.data_pipeline import make_augmenter, make_tf_dataset
 
 logger = logging.getLogger(__name__)
@@ -31,7 +33,7 @@ def cross_validate(config: TrainConfig, folds: int = 5, out_dir: str | Path | No
     from train import models
     from train._tf import keras
     from train.evaluate import classification_metrics, predict_proba
-    from train.train import _fit
+    from train.train import _fit, _one_hot_if_needed
 
     if folds < 2:
         raise ValueError(f"--folds must be at least 2, got {folds}")
@@ -46,19 +48,21 @@ def cross_validate(config: TrainConfig, folds: int = 5, out_dir: str | Path | No
     fold_results = []
     for k, (tr_idx, va_idx) in enumerate(kfold_indices(ds, k=folds, seed=config.seed), start=1):
         keras.utils.set_random_seed(config.seed + k)
-        tr, va = ds.subset(tr_idx), ds.subset(va_idx)
+        inner = stratified_split(ds.subset(tr_idx), val_fraction=config.val_fraction, seed=config.seed)
+        tr, stop, va = inner["train"], inner["val"], ds.subset(va_idx)
         border = float(np.median(tr.x[:2000, 0]))
-        train_data = make_tf_dataset(tr, config.batch_size, training=True,
-                                     augmenter=make_augmenter(config.augment, tr.image_shape, border, config.seed), seed=config.seed)
-        val_data = make_tf_dataset(va, config.batch_size, training=False)
+        augmenter = make_augmenter(config.augment, tr.image_shape, border, config.seed)
+        train_data = make_tf_dataset(tr, config.batch_size, training=True, augmenter=augmenter, seed=config.seed)
+        train_data = _one_hot_if_needed(train_data, config, ds.num_classes)  # label smoothing wants one-hot labels
+        stop_data = _one_hot_if_needed(make_tf_dataset(stop, config.batch_size, training=False), config, ds.num_classes)
         model = models.create_model(config.model, tr.image_shape, ds.num_classes, **config.model_kwargs)
         fold_dir = out / f"fold{k}"
         fold_dir.mkdir(exist_ok=True)
         t = time.perf_counter()
-        hist = _fit(model, config.model_copy(update={"tensorboard": False}), train_data, val_data, config.epochs,
+        hist = _fit(model, config.model_copy(update={"tensorboard": False}), train_data, stop_data, config.epochs,
                     config.learning_rate, fold_dir, int(np.ceil(len(tr) / config.batch_size)))
         m = classification_metrics(va.y, predict_proba(model, va.x), ds.class_names)
-        row = {"fold": k, "n_train": len(tr), "n_val": len(va), "epochs": len(hist.history["loss"]),
+        row = {"fold": k, "n_train": len(tr), "n_early_stop": len(stop), "n_val": len(va), "epochs": len(hist.history["loss"]),
                "seconds": round(time.perf_counter() - t, 1), **{name: m.get(name) for name in METRICS}}
         fold_results.append(row)
         logger.info("fold %d/%d: accuracy %.4f macro F1 %.4f", k, folds, row["accuracy"], row["f1_macro"])
