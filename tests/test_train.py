@@ -129,3 +129,15 @@ def test_augmentation_keeps_range_and_shape(mnist_dir):
     x = x.numpy()
     assert x.shape == (64, 28, 28, 1) and x.min() >= 0 and x.max() <= 255
     assert not np.allclose(np.sort(x.ravel()), np.sort(ds.x.astype(np.float32).ravel()))
+
+
+def test_crossval_of_a_run_lands_in_its_report(mnist_run, tmp_path, capsys):
+    from train.crossval import main
+
+    code = main(["--run", str(mnist_run), "--train-limit", "1500", "--epochs", "2", "--folds", "2",
+                 "--out", str(tmp_path / "cv"), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    section = json.loads((mnist_run / "analysis" / "crossval.json").read_text())
+    assert section["data"]["folds"] == 2 and set(section["data"]["summary"]["accuracy"]) == {"mean", "std"}
+    assert "<!-- analysis:crossval -->" in (mnist_run / "report.html").read_text()
+    assert main(["--run", str(tmp_path / "none")]) == 3

@@ -79,6 +79,17 @@ def cross_validate(config: TrainConfig, folds: int = 5, out_dir: str | Path | No
     return result
 
 
+def result_html(result: dict[str, Any]) -> str:
+    """The summary (mean, standard deviation) and the per-fold table, for the evaluation report."""
+    from train.evaluate import _table
+
+    summary = [{"metric": k, "mean": v["mean"], "std": v["std"]} for k, v in result["summary"].items()]
+    return (f"<p>{result['model']} on {result['data']}, n={result['n']}, one fresh model per fold.</p>"
+            + _table(summary, ["metric", "mean", "std"], {"mean": ".4f", "std": ".4f"})
+            + _table(result["per_fold"], ["fold", "n_train", "n_val", "epochs", "seconds", *METRICS],
+                     {m: ".4f" for m in METRICS}))
+
+
 def format_result(result: dict[str, Any]) -> str:
     lines = [f"{result['folds']}-fold stratified CV of {result['model']} on {result['data']} (n={result['n']})",
              f"{'metric':<16}{'mean':>8}{'std':>8}"]
@@ -95,7 +106,16 @@ def main(argv: list[str] | None = None) -> int:
     p.description = __doc__
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--out", help="output directory (default: runs/cv-MODEL-TIME)")
+    p.add_argument("--run", help="cross-validate this run's config (flags still override it) and add the "
+                                 "result to its report.html")
     args = p.parse_args(argv)
+    if args.run:
+        if not (Path(args.run) / "config.json").is_file():
+            print(f"error: --run {args.run}: not a training run (no config.json)", file=sys.stderr)
+            return 3
+        if args.config:
+            p.error("--run and --config both give the base config; use one")
+        args.config = str(Path(args.run) / "config.json")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         result = cross_validate(config_from_args(args), folds=args.folds, out_dir=args.out)
@@ -104,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(format_result(result))
     print(f"written: {Path(result['out_dir']) / 'crossval.json'}")
+    if args.run:
+        from train.evaluate import add_analysis
+
+        add_analysis(args.run, "crossval", f"{result['folds']}-fold stratified cross-validation", result_html(result),
+                     result)
+        print(f"added to {Path(args.run) / 'report.html'}")
     return 0
 
 
