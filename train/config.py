@@ -25,7 +25,22 @@ class AugmentConfig(BaseModel):
     contrast: float = Field(0.0, ge=0, le=1, description="Max contrast factor change.")
     hflip: bool = Field(False, description="Horizontal flips; only where the classes allow (not digits).")
     vflip: bool = Field(False, description="Vertical flips; only where the classes allow.")
-    noise_std: float = Field(0.0, ge=0, le=128, description="Gaussian noise std in pixel units (0-255).")
+    noise_std: float = Field(
+        0.0, ge=0, le=128,
+        description="Gaussian noise std in pixel units (0-255) added to training images: the noise-injection "
+                    "defence (python -m train.robustness measures it). Applied even when enabled is false, then alone.",
+    )
+
+
+class AdversarialConfig(BaseModel):
+    """Adversarial training: a share of every batch replaced by attacks on the current weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["fgsm", "pgd"] = Field(description="Attack that makes the training examples: fgsm (cheap) or pgd.")
+    epsilon: float = Field(gt=0, le=255, description="L-inf size of the perturbation, in pixel units (0-255).")
+    ratio: float = Field(0.5, gt=0, le=1, description="Share of each batch replaced by adversarial examples.")
+    pgd_steps: int = Field(7, ge=1, le=100, description="PGD steps per example (step size 2.5 * epsilon / steps).")
 
 
 class TrainConfig(BaseModel):
@@ -50,6 +65,9 @@ class TrainConfig(BaseModel):
     early_stopping_patience: int = Field(5, ge=0, description="Epochs without val improvement before stopping (0 = off).")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    adversarial: AdversarialConfig | None = Field(
+        None, description="Adversarial training (FGSM/PGD examples mixed into each batch); off when null."
+    )
     seed: int = 42
     mixed_precision: Literal["auto", "on", "off"] = Field("auto", description="auto = on when a GPU is present.")
     distribute: Literal["auto", "none", "mirrored", "multiworker"] = Field("auto", description="tf.distribute strategy.")

@@ -3,6 +3,8 @@
     python -m train.train --model lenet5 --data path/to/train.csv
     python -m train.train --model resnet_small --data ../shared/data/fashion-mnist --augment
     python -m train.train --config my_run.yaml --epochs 5      # flags override the file
+    python -m train.train --noise-std 50                       # noise-injection defence
+    python -m train.train --adversarial fgsm --adv-epsilon 16  # adversarial training (pixel units)
 
 The library twin is :func:`run_training` (``run_training(TrainConfig(model="lenet5", data=...))``).
 """
@@ -19,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
-from train.config import TrainConfig
+from train.config import AdversarialConfig, AugmentConfig, TrainConfig
 from train.data import DataError, summarize
 from train.data_pipeline import build_splits, detect_polarity, make_augmenter, make_tf_dataset
 from train.runs import MODEL_FILE, mark_latest
@@ -88,6 +91,14 @@ def _callbacks(config: TrainConfig, run_dir: Path, steps_per_epoch: int) -> list
     if config.tensorboard:
         cbs.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), histogram_freq=0))
     return cbs
+
+
+def training_augmenter(aug: AugmentConfig, input_shape, fill_value: float, seed: int):
+    """The augmenter for training batches; ``aug.noise_std`` alone (``enabled`` false) gives noise
+    injection only, the noise defence."""
+    if aug.noise_std and not aug.enabled:
+        aug = AugmentConfig(enabled=True, rotation=0, shift=0, zoom=0, noise_std=aug.noise_std)
+    return make_augmenter(aug, input_shape, fill_value, seed)
 
 
 def _learning_rate(config: TrainConfig, steps: int):
@@ -168,7 +179,7 @@ def run_training(config: TrainConfig, *, evaluate: bool = True, callbacks: list 
 
     batch = config.batch_size * strategy.num_replicas_in_sync
     border = np.concatenate([train_ds.x[:2000, 0].ravel(), train_ds.x[:2000, -1].ravel()])
-    augmenter = make_augmenter(config.augment, input_shape, float(np.median(border)), config.seed)
+    augmenter = training_augmenter(config.augment, input_shape, float(np.median(border)), config.seed)
     train_data = _one_hot_if_needed(
         make_tf_dataset(train_ds, batch, training=True, augmenter=augmenter, seed=config.seed), config, len(class_names)
     )
@@ -177,6 +188,11 @@ def run_training(config: TrainConfig, *, evaluate: bool = True, callbacks: list 
 
     with strategy.scope():
         model = models.create_model(config.model, input_shape, len(class_names), **config.model_kwargs)
+        trainer = model  # what is fitted; ``model`` is what is saved
+        if config.adversarial is not None:
+            from train.adversarial import AdversarialTrainer
+
+            trainer = AdversarialTrainer(model, **config.adversarial.model_dump())
     model.summary(print_fn=logger.info)
 
     t_fit = time.perf_counter()
@@ -186,13 +202,13 @@ def run_training(config: TrainConfig, *, evaluate: bool = True, callbacks: list 
             models.set_transfer_stage(model, "head")
         for cb in callbacks or []:
             cb.splits = splits
-        hist = _fit(model, config, train_data, val_data, config.epochs, config.learning_rate, run_dir, steps,
+        hist = _fit(trainer, config, train_data, val_data, config.epochs, config.learning_rate, run_dir, steps,
                     extra_callbacks=callbacks or ())
         history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
         if staged and config.fine_tune_epochs:
             models.set_transfer_stage(model, "fine_tune", fine_tune_layers=config.fine_tune_layers)
             ft = _fit(
-                model, config, train_data, val_data, config.fine_tune_epochs, config.learning_rate / 10, run_dir, steps,
+                trainer, config, train_data, val_data, config.fine_tune_epochs, config.learning_rate / 10, run_dir, steps,
                 initial_epoch=len(history.get("loss", [])), extra_callbacks=callbacks or (),
             )
             for k, vals in ft.history.items():
@@ -201,7 +217,7 @@ def run_training(config: TrainConfig, *, evaluate: bool = True, callbacks: list 
 
     best = run_dir / "best.weights.h5"
     if best.is_file() and not config.early_stopping_patience:
-        model.load_weights(str(best))  # EarlyStopping already restored the best weights otherwise
+        trainer.load_weights(str(best))  # EarlyStopping already restored the best weights otherwise
     best.unlink(missing_ok=True)
     if mixed:  # save a float32 copy: devices and the converters want float32 weights
         keras.mixed_precision.set_global_policy("float32")
@@ -292,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--early-stopping-patience", type=int)
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--augment", action="store_true", default=None, help="rotation/shift/zoom augmentation")
+    p.add_argument("--noise-std", type=float, metavar="PIXELS",
+                   help="noise-injection defence: Gaussian noise of this std (0..128 pixels) on training images")
+    p.add_argument("--adversarial", choices=["fgsm", "pgd"], help="adversarial training with this attack")
+    p.add_argument("--adv-epsilon", type=float, metavar="PIXELS", help="L-inf size of the attack, 0 < eps <= 255 pixels")
+    p.add_argument("--adv-ratio", type=float, help="share of each batch replaced by adversarial examples (default 0.5)")
+    p.add_argument("--adv-pgd-steps", type=int, help="PGD steps per example (default 7)")
     p.add_argument("--seed", type=int)
     p.add_argument("--mixed-precision", choices=["auto", "on", "off"])
     p.add_argument("--distribute", choices=["auto", "none", "mirrored", "multiworker"])
@@ -323,7 +345,34 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         config = TrainConfig(**fields)
     if args.augment:
         config.augment.enabled = True
-    return config
+    if args.noise_std is not None:
+        try:
+            config.augment = AugmentConfig.model_validate({**config.augment.model_dump(), "noise_std": args.noise_std})
+        except ValidationError as e:
+            raise ValueError(f"--noise-std must be within 0..128 pixels; got {args.noise_std}") from e
+    return _with_adversarial(config, args)
+
+
+_ADV_FLAGS = {"method": "--adversarial", "epsilon": "--adv-epsilon", "ratio": "--adv-ratio", "pgd_steps": "--adv-pgd-steps"}
+
+
+def _with_adversarial(config: TrainConfig, args: argparse.Namespace) -> TrainConfig:
+    """Apply the --adversarial/--adv-* flags over the config's ``adversarial`` section."""
+    given = {k: getattr(args, "adversarial" if k == "method" else "adv_" + k) for k in _ADV_FLAGS}
+    given = {k: v for k, v in given.items() if v is not None}
+    if not given:
+        return config
+    raw = {**(config.adversarial.model_dump() if config.adversarial else {}), **given}
+    if "method" not in raw:
+        raise ValueError("--adv-epsilon/--adv-ratio/--adv-pgd-steps need --adversarial fgsm|pgd")
+    if "epsilon" not in raw:
+        raise ValueError("--adversarial needs --adv-epsilon (L-inf size in pixels, 0 < eps <= 255)")
+    try:
+        adversarial = AdversarialConfig.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(f"{_ADV_FLAGS.get(str(err['loc'][0]), err['loc'][0])}: {err['msg']}" for err in e.errors())
+        raise ValueError(f"invalid adversarial training option: {problems}") from e
+    return config.model_copy(update={"adversarial": adversarial})
 
 
 def main(argv: list[str] | None = None) -> int:
