@@ -191,10 +191,10 @@ def test_adversarial_config_rejects_unknown_keys():
 
 def test_noise_std_alone_is_noise_injection():
     from train.config import AugmentConfig
-    from train.train import training_augmenter
+    from train.data_pipeline import make_augmenter
 
-    assert training_augmenter(AugmentConfig(), (28, 28, 1), 0.0, 1) is None
-    aug = training_augmenter(AugmentConfig(noise_std=30), (28, 28, 1), 0.0, 1)
+    assert make_augmenter(AugmentConfig(), (28, 28, 1), 0.0, 1) is None
+    aug = make_augmenter(AugmentConfig(noise_std=30), (28, 28, 1), 0.0, 1)
     assert [type(layer).__name__ for layer in aug.layers] == ["GaussianNoise"]
     x = np.full((64, 28, 28, 1), 100.0, np.float32)
     noisy = aug(x, training=True).numpy()

@@ -75,11 +75,16 @@ def build_splits(config: TrainConfig) -> dict[str, Dataset | None]:
 
 
 def make_augmenter(aug: AugmentConfig, image_shape: tuple[int, int, int], fill_value: float, seed: int):
-    """A Keras preprocessing stack applied to float batches of raw pixels (0..255), or None."""
+    """A Keras preprocessing stack applied to float batches of raw pixels (0..255), or None.
+
+    With ``aug.enabled`` false, a non-zero ``aug.noise_std`` still gives Gaussian noise alone."""
     from train._tf import keras
 
     if not aug.enabled:
-        return None
+        if not aug.noise_std:
+            return None
+        # noise_std alone is the noise-injection defence: noise only, none of the geometric defaults
+        aug = AugmentConfig(enabled=True, rotation=0, shift=0, zoom=0, noise_std=aug.noise_std)
     h, w, _ = image_shape
     L = keras.layers
     layers = []

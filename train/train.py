@@ -93,14 +93,6 @@ def _callbacks(config: TrainConfig, run_dir: Path, steps_per_epoch: int) -> list
     return cbs
 
 
-def training_augmenter(aug: AugmentConfig, input_shape, fill_value: float, seed: int):
-    """The augmenter for training batches; ``aug.noise_std`` alone (``enabled`` false) gives noise
-    injection only, the noise defence."""
-    if aug.noise_std and not aug.enabled:
-        aug = AugmentConfig(enabled=True, rotation=0, shift=0, zoom=0, noise_std=aug.noise_std)
-    return make_augmenter(aug, input_shape, fill_value, seed)
-
-
 def _learning_rate(config: TrainConfig, steps: int):
     from train._tf import keras
 
@@ -179,7 +171,7 @@ def run_training(config: TrainConfig, *, evaluate: bool = True, callbacks: list 
 
     batch = config.batch_size * strategy.num_replicas_in_sync
     border = np.concatenate([train_ds.x[:2000, 0].ravel(), train_ds.x[:2000, -1].ravel()])
-    augmenter = training_augmenter(config.augment, input_shape, float(np.median(border)), config.seed)
+    augmenter = make_augmenter(config.augment, input_shape, float(np.median(border)), config.seed)
     train_data = _one_hot_if_needed(
         make_tf_dataset(train_ds, batch, training=True, augmenter=augmenter, seed=config.seed), config, len(class_names)
     )
