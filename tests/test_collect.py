@@ -373,3 +373,28 @@ def test_export_folder_loads_with_load_dataset(digits, tmp_path):
         assert np.array_equal(img[..., 0], x[sid - 1])  # the model input, pixel for pixel
     with pytest.raises(FeedbackError, match="not empty"):
         store.export_folder(tmp_path / "export")
+
+
+def test_storage_error_is_retried_by_reconnecting_and_bad_numbers_are_invalid(digits, mosquitto, tmp_path):
+    """A locked database (or a full disk) leaves the sample unacknowledged; the collector reconnects and
+    the broker redelivers it. A number sqlite cannot hold is a bad payload: rejected once, acknowledged."""
+    store = FeedbackStore(tmp_path / "fb", timeout=0.2)
+    huge = sample(digits, 9, seq=2 ** 64)
+    with collector(store, mosquitto, "retry") as col:
+        col.retry_s = 0.5
+        assert col.wait_subscribed(10)
+        lock = sqlite3.connect(tmp_path / "fb" / "index.sqlite", isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")  # every commit of the collector now fails
+        publish(mosquitto, [sample(digits, i) for i in range(3)])
+        deadline = time.monotonic() + 10
+        while col.errors == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert col.errors >= 1 and col.stored == 0
+        lock.execute("ROLLBACK")
+        lock.close()
+        publish(mosquitto, [huge])
+        deadline = time.monotonic() + 20
+        while (col.stored < 3 or col.invalid < 1) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (col.stored, col.invalid) == (3, 1), col.summary()
+    assert store.counts()["total"] == 3

@@ -76,6 +76,8 @@ class Collector:
         self.last_error: str | None = None
         self._handled = threading.Condition()
         self._subscribed = threading.Event()
+        self._reconnect_timer: threading.Timer | None = None
+        self.retry_s = 5.0  # after a storage error, reconnect this much later to get the sample again
         self._started = False
         self._t0 = time.monotonic()
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
@@ -97,14 +99,17 @@ class Collector:
     def start(self) -> "Collector":
         if self._started:
             return self
+        self._connect()
+        self._started = True
+        self._t0 = time.monotonic()
+        return self
+
+    def _connect(self) -> None:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.session_expiry
         self.client.connect_async(self.host, self.port, keepalive=self.keepalive, clean_start=False,
                                   properties=props)
         self.client.loop_start()
-        self._started = True
-        self._t0 = time.monotonic()
-        return self
 
     def stop(self) -> None:
         """Disconnect cleanly; the broker keeps the session and queues samples until the next start."""
@@ -176,17 +181,40 @@ class Collector:
             if "device" in payload and payload["device"] != device:  # a missing one: the schema says so
                 raise FeedbackError(f"$.device {payload['device']!r} does not match the topic's device {device!r}")
             new_id = self.store.add(payload)
-        except ValueError as e:  # FeedbackError, JSONDecodeError, UnicodeDecodeError
+        except (ValueError, ArithmeticError, RecursionError) as e:
+            # FeedbackError, JSONDecodeError, UnicodeDecodeError; a number too large for sqlite (OverflowError);
+            # absurdly nested JSON: the payload is bad and would fail the same way on every redelivery
             self._reject(msg, device, e)
             self._done(client, msg, "invalid")
             return
-        except Exception as e:  # disk full, database locked, a bug: keep it unacknowledged for redelivery
+        except Exception as e:  # disk full, database locked: keep it unacknowledged and make the broker redeliver
             self.errors += 1
             self.last_error = f"{type(e).__name__}: {e}"
-            logger.exception("could not store the sample on %s; it stays unacknowledged and the broker redelivers "
-                             "it after the next reconnect", msg.topic)
+            logger.exception("could not store the sample on %s; it stays unacknowledged and is redelivered after "
+                             "a reconnect in %.0f s", msg.topic, self.retry_s)
+            self._schedule_reconnect()
             return
         self._done(client, msg, "duplicates" if new_id is None else "stored")
+
+    def _schedule_reconnect(self) -> None:
+        """Reconnect after ``retry_s`` (once, however many samples failed): the broker then redelivers
+        every unacknowledged QoS 1 sample of the persistent session."""
+        if self._reconnect_timer is not None and self._reconnect_timer.is_alive():
+            return
+
+        def reconnect():
+            if not self._started:
+                return
+            logger.info("reconnecting to have the unacknowledged samples redelivered")
+            # A clean disconnect keeps the session (and its unacknowledged samples) on the broker
+            self.client.disconnect()
+            self.client.loop_stop()
+            if self._started:
+                self._connect()
+
+        self._reconnect_timer = threading.Timer(self.retry_s, reconnect)
+        self._reconnect_timer.daemon = True
+        self._reconnect_timer.start()
 
     def _done(self, client, msg: mqtt.MQTTMessage, counter: str) -> None:
         client.ack(msg.mid, msg.qos)

@@ -151,6 +151,11 @@ def _write_file(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class FeedbackStore:
@@ -186,7 +191,8 @@ class FeedbackStore:
                                    check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a sample is acknowledged to the broker right after its commit, so the commit must be on disk
+        self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         with self._tx():
             for key, value in (("labels", labels), ("max_samples", max_samples), ("max_bytes", max_bytes)):
