@@ -7,7 +7,8 @@ from dataclasses import dataclass
 CONTRACT_VERSION = "v1"
 FLEET = "fleet"  # the device segment of the fleet-wide topics; not usable as a device id
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.-]+$")
-_UPDATE_ID = re.compile(r"^[0-9a-f]{8,64}$")
+_UPDATE_ID = re.compile(r"[0-9a-f]{8,64}")  # used with fullmatch ('$' would accept a trailing newline)
+_INDEX = re.compile(r"[0-9]{1,9}")
 
 
 def check_segment(value: str, what: str) -> str:
@@ -83,7 +84,7 @@ def fleet_model_set(prefix: str = "edge") -> str:
 
 def model_chunk(set_topic: str, update_id: str, index: int) -> str:
     """``{set topic}/{update_id}/{index}``: one binary chunk of an update's archive."""
-    if not _UPDATE_ID.match(update_id):
+    if not isinstance(update_id, str) or not _UPDATE_ID.fullmatch(update_id):
         raise ValueError(f"invalid update_id {update_id!r}: 8 to 64 lower-case hex digits")
     if index < 0:
         raise ValueError(f"chunk index must be >= 0 (got {index})")
@@ -95,6 +96,6 @@ def parse_model_chunk(set_topic: str, topic: str) -> tuple[str, int] | None:
     if not topic.startswith(set_topic + "/"):
         return None
     parts = topic[len(set_topic) + 1:].split("/")
-    if len(parts) != 2 or not _UPDATE_ID.match(parts[0]) or not parts[1].isdigit():
-        return None
+    if len(parts) != 2 or not _UPDATE_ID.fullmatch(parts[0]) or not _INDEX.fullmatch(parts[1]):
+        return None  # str.isdigit() would accept other scripts' digits that int() rejects or mis-reads
     return parts[0], int(parts[1])

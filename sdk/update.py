@@ -2,7 +2,7 @@
 
 Wire format (``edgeclf/model-update/v1``, docs/mqtt.md): the bundle directory packed as a
 deterministic tar.gz (:func:`pack_bundle`) is sent as QoS 1 messages on the device's (or the
-fleet's) ``model/set`` topic: a JSON ``begin`` (:class:`Begin`: name, version, target, archive
+fleet's) ``model/set`` topic: a JSON ``begin`` (:class:`Begin`: ``to``, name, version, target, archive
 size / sha256 / chunks / chunk_size, the model's sha256, an optional ed25519 signature), then the
 archive's bytes in ``chunks`` binary messages on ``<set topic>/<update_id>/<index>``, then a JSON
 ``end``. A ``rollback`` command swaps back to the previous model. The signature covers
@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from . import classify, messages
 from .bundle import MANIFEST_FILE, BundleError, Manifest, load_manifest, sha256_file
-from .topics import Topics, parse_model_chunk
+from .topics import FLEET, Topics, parse_model_chunk
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,9 @@ class UpdateRefused(Exception):
 _HEX64 = r"^[0-9a-f]{64}$"
 _UPDATE_ID = r"^[0-9a-f]{8,64}$"
 _TEXT = r"^[^\x00-\x1f]+$"
+_TO = r"^[A-Za-z0-9_.-]{1,200}$"  # a device id (a topic segment) or "fleet"
+_TO_DESCRIPTION = ("Who the command is for: the device id, or 'fleet' on the fleet topic. Signed, so a command "
+                   "cannot be replayed on another device's (or the fleet's) topic.")
 
 
 class _Msg(BaseModel):
@@ -110,6 +113,7 @@ class Begin(_Command):
     name: str = Field(min_length=1, max_length=200, pattern=_TEXT)
     version: str = Field(min_length=1, max_length=200, pattern=_TEXT)
     target: str = Field(min_length=1, max_length=200, pattern=_TEXT)
+    to: str = Field(pattern=_TO, description=_TO_DESCRIPTION)
     archive: ArchiveInfo
     manifest_sha256: str = Field(pattern=_HEX64)
     created: str
@@ -124,6 +128,7 @@ class End(_Command):
 
 class Rollback(_Command):
     kind: Literal["rollback"]
+    to: str = Field(pattern=_TO, description=_TO_DESCRIPTION)
     created: str
     signature: Signature | None = None
 
@@ -307,12 +312,18 @@ def _now_iso() -> str:
 
 @dataclass
 class Update:
-    """An update ready to send: ``begin``, the archive's ``chunks``, ``end``."""
+    """An update ready to send to one target (``begin["to"]``): ``begin``, the archive's ``chunks``, ``end``."""
 
     update_id: str
     begin: dict
     chunks: list[bytes]
     end: dict
+
+    def addressed_to(self, to: str, sign_key: Any = None) -> "Update":
+        """The same update (same id, chunks shared, not copied) with a ``begin`` for ``to``
+        (another device id, or ``"fleet"``), signed with ``sign_key`` when given."""
+        body = {k: v for k, v in self.begin.items() if k != "signature"}
+        return Update(self.update_id, _address(body, to, sign_key, Begin), self.chunks, self.end)
 
     def messages(self, set_topic: str) -> list[tuple[str, bytes]]:
         """``(topic, payload)`` in sending order for one ``model/set`` topic."""
@@ -324,9 +335,26 @@ class Update:
         return out
 
 
-def make_update(archive: bytes, manifest: Manifest, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+def _check_to(to: str) -> str:
+    if not isinstance(to, str) or not re.fullmatch(_TO[1:-1], to):
+        raise ValueError(f"invalid target {to!r}: a device id or {FLEET!r}")
+    return to
+
+
+def _address(body: dict, to: str, sign_key: Any, model: type[_Msg]) -> dict:
+    """``body`` for ``to``, signed when ``sign_key`` is given (the signature covers ``to``) and validated."""
+    msg = {**body, "to": _check_to(to)}
+    if sign_key is not None:
+        msg = sign(msg, sign_key)
+    model.model_validate(msg)  # what we send must be what a device accepts
+    return msg
+
+
+def make_update(archive: bytes, manifest: Manifest, *, to: str, chunk_size: int = DEFAULT_CHUNK_SIZE,
                 sign_key: Any = None, update_id: str | None = None, created: str | None = None) -> Update:
-    """Split ``archive`` (from :func:`pack_bundle`) into an :class:`Update`, signed when ``sign_key`` is given."""
+    """Split ``archive`` (from :func:`pack_bundle`) into an :class:`Update` for ``to`` (a device id,
+    or ``"fleet"`` for the fleet topic), signed when ``sign_key`` is given. For more targets use
+    :meth:`Update.addressed_to` (the chunks are shared)."""
     if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
         raise ValueError(f"chunk_size must be 1..{MAX_CHUNK_SIZE} bytes (got {chunk_size})")
     if not archive:
@@ -339,17 +367,16 @@ def make_update(archive: bytes, manifest: Manifest, *, chunk_size: int = DEFAULT
              "archive": {"format": "tar.gz", "size": len(archive), "sha256": digest, "chunks": len(chunks),
                          "chunk_size": chunk_size},
              "manifest_sha256": manifest.sha256, "created": created or _now_iso()}
-    if sign_key is not None:
-        begin = sign(begin, sign_key)
-    Begin.model_validate(begin)  # what we send must be what a device accepts
+    begin = _address(begin, to, sign_key, Begin)
     end = {"schema": UPDATE_SCHEMA, "kind": "end", "update_id": uid, "chunks": len(chunks), "sha256": digest}
     return Update(uid, begin, chunks, end)
 
 
-def make_rollback(*, sign_key: Any = None, update_id: str | None = None) -> dict:
+def make_rollback(*, to: str, sign_key: Any = None, update_id: str | None = None, created: str | None = None) -> dict:
+    """A ``rollback`` command for ``to`` (a device id, or ``"fleet"``), signed when ``sign_key`` is given."""
     msg = {"schema": UPDATE_SCHEMA, "kind": "rollback", "update_id": update_id or new_update_id(),
-           "created": _now_iso()}
-    return sign(msg, sign_key) if sign_key is not None else msg
+           "created": created or _now_iso()}
+    return _address(msg, to, sign_key, Rollback)
 
 
 # -- safe extraction --------------------------------------------------------------------------
@@ -362,11 +389,14 @@ def safe_extract(archive: str | Path, dest: str | Path, max_total: int) -> None:
     dest = Path(dest)
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            members = tar.getmembers()  # reads to the end: a truncated archive fails here
-            if len(members) > MAX_MEMBERS:
-                raise UpdateRefused(f"archive holds {len(members)} entries (at most {MAX_MEMBERS})")
+            # One header at a time, each checked before the next is read (tar.getmembers() would
+            # decompress everything first: millions of entries or a huge member before any limit).
+            # Reading to the end also makes a truncated archive fail here, before extracting.
+            members: list[tarfile.TarInfo] = []
             total = 0
-            for m in members:
+            for m in tar:
+                if len(members) >= MAX_MEMBERS:
+                    raise UpdateRefused(f"archive holds more than {MAX_MEMBERS} entries")
                 parts = PurePosixPath(m.name).parts
                 if not parts or m.name.startswith(("/", "\\")) or ".." in parts or ":" in parts[0] or "\\" in m.name:
                     raise UpdateRefused(f"unsafe archive entry {m.name!r}: absolute path or '..'")
@@ -374,9 +404,10 @@ def safe_extract(archive: str | Path, dest: str | Path, max_total: int) -> None:
                     kind = "link" if (m.issym() or m.islnk()) else "device/fifo/special file"
                     raise UpdateRefused(f"unsafe archive entry {m.name!r}: a {kind} (only files and folders allowed)")
                 total += m.size
-                if total > max_total:
+                if m.size > max_total or total > max_total:
                     raise UpdateRefused(f"archive expands to more than {max_total} bytes "
                                         f"({EXTRACT_FACTOR}x update.max_bytes)")
+                members.append(m)
             dest.mkdir(parents=True, exist_ok=False)
             if hasattr(tarfile, "data_filter"):
                 tar.extractall(dest, members=members, filter="data")
@@ -434,6 +465,16 @@ def _safe_name(text: str) -> str:
     return out[:64]
 
 
+_BUNDLE_DIR = re.compile(r"[A-Za-z0-9._-]{1,64}-[0-9a-f]{8,12}")  # ModelStore.install's folder names
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 class ModelStore:
     """Received bundles, one folder each under ``root``, and ``active.json``: which one runs
     (``active``), what a rollback returns to (``previous``), the last outcome, and the update
@@ -445,7 +486,9 @@ class ModelStore:
         self.root = Path(root).expanduser()
         self.keep = keep
         self._lock = threading.Lock()
+        self._state_unreadable = False
         self.state = self._read()
+        self._clean_up()
 
     @staticmethod
     def _empty() -> dict:
@@ -463,7 +506,31 @@ class ModelStore:
             return {**self._empty(), **data}
         except (OSError, ValueError) as e:
             logger.error("%s is unreadable (%s); starting from the configured model", path, e)
+            self._state_unreadable = True
             return self._empty()
+
+    def _clean_up(self) -> None:
+        """Remove what an interrupted run left behind: staging files, ``.incoming-*`` folders and
+        bundle folders that ``active.json`` no longer references (never the active or previous
+        one; nothing of the bundles when ``active.json`` could not be read)."""
+        if not self.root.is_dir():
+            return
+        try:
+            staging = self.root / STAGING_DIR
+            if staging.is_dir() and not staging.is_symlink():
+                for p in staging.iterdir():
+                    _remove(p)
+            keep = set(self.state["installed"]) | {r["dir"] for r in (self.state["active"], self.state["previous"])
+                                                   if isinstance(r, dict) and r.get("dir")}
+            for p in self.root.iterdir():
+                if p.name.startswith(".incoming-"):
+                    _remove(p)
+                elif (not self._state_unreadable and p.name not in keep and _BUNDLE_DIR.fullmatch(p.name)
+                      and p.is_dir() and not p.is_symlink()):
+                    logger.info("removing %s: a model folder active.json does not reference", p)
+                    _remove(p)
+        except Exception as e:  # noqa: BLE001 - a clean-up must never keep the device from starting
+            logger.warning("cleaning up the model store %s failed: %s", self.root, e)
 
     def save(self) -> None:
         with self._lock:
@@ -543,9 +610,10 @@ class ModelStore:
     def swap_back(self) -> None:
         self.state["active"], self.state["previous"] = self.state["previous"], self.state["active"]
 
-    def record(self, update_id: str | None, last_update: dict) -> None:
+    def record(self, update_id: str | None, last_update: dict, remember: bool = True) -> None:
+        """Store the last outcome; with ``remember``, also ``update_id`` as handled (duplicates ignored)."""
         self.state["last_update"] = last_update
-        if update_id:
+        if update_id and remember:
             seen = [u for u in self.state["seen"] if u != update_id] + [update_id]
             self.state["seen"] = seen[-SEEN_KEEP:]
         self.save()
@@ -700,23 +768,44 @@ class ModelUpdater:
     def _run(self) -> None:
         while not self._stopping.is_set():
             try:
-                topic, payload = self._queue.get(timeout=0.25)
-            except queue.Empty:
-                self._check_timeout()
-                continue
-            if topic is _STOP:
-                return
-            with self._qlock:
-                self._queued_bytes -= len(payload)
-            if self._stopping.is_set():
-                return  # shutting down: the rest is dropped (an unfinished update must be sent again)
-            try:
-                self._handle(topic, payload)
-            except Exception:  # never let the updater die: the device must keep running
-                logger.exception("model updater error on %s", topic)
-                if self._pending is not None:
-                    self._refuse_pending("internal error while handling the update (see the device log)")
+                if not self._step():
+                    return
+            except Exception:  # noqa: BLE001 - never let the updater die: the device must keep running
+                logger.exception("model updater error")
+
+    def _step(self) -> bool:
+        """Handle one queued message (or none within 0.25 s) and check the timeout; False to stop."""
+        try:
+            topic, payload = self._queue.get(timeout=0.25)
+        except queue.Empty:
             self._check_timeout()
+            return True
+        if topic is _STOP:
+            return False
+        with self._qlock:
+            self._queued_bytes -= len(payload)
+        if self._stopping.is_set():
+            return False  # shutting down: the rest is dropped (an unfinished update must be sent again)
+        try:
+            self._handle(topic, payload)
+        except Exception:  # noqa: BLE001
+            logger.exception("model updater error on %s", topic)
+            p = self._pending
+            if p is not None and self._update_id_of(topic, payload) == p.begin.update_id:
+                self._refuse_pending("internal error while handling the update (see the device log)")
+        self._check_timeout()
+        return True
+
+    def _update_id_of(self, topic: str, payload: bytes) -> str | None:
+        """The update a message belongs to (from its chunk topic or its JSON), if it says."""
+        for set_topic in (self.device_set, self.fleet_set):
+            if set_topic is None:
+                continue
+            if topic == set_topic:
+                return _peek_update_id(payload)
+            if topic.startswith(set_topic + "/"):
+                return topic[len(set_topic) + 1:].split("/")[0]
+        return None
 
     def _handle(self, topic: str, payload: bytes) -> None:
         for set_topic, source in ((self.device_set, "device"), (self.fleet_set, "fleet")):
@@ -740,7 +829,8 @@ class ModelUpdater:
             if uid and self._pending is not None and self._pending.begin.update_id == uid:
                 self._refuse_pending(str(e))
             elif not (uid and self._already_handled(uid)):
-                self._finish(uid, _peek(payload, "version"), "refused", str(e), started, source)
+                # not remembered as handled: junk must not push real update ids out of that memory
+                self._finish(uid, _peek(payload, "version"), "refused", str(e), started, source, remember=False)
             return
         if isinstance(cmd, End):
             self._on_end(cmd)
@@ -759,11 +849,15 @@ class ModelUpdater:
     def _on_begin(self, begin: Begin, raw: dict, started: float, source: str) -> None:
         a = begin.archive
         try:
+            self._check_authentic(begin, raw, source)
+        except UpdateRefused as e:  # not remembered: a forged or misaddressed begin must not block the real one
+            self._finish(begin.update_id, begin.version, "refused", str(e), started, source, remember=False)
+            return
+        try:
             if a.size > self.policy.max_bytes:
                 raise UpdateRefused(f"archive of {a.size} bytes exceeds update.max_bytes ({self.policy.max_bytes})")
             if a.chunk_size > MAX_CHUNK_SIZE:
                 raise UpdateRefused(f"chunk_size {a.chunk_size} exceeds {MAX_CHUNK_SIZE} bytes")
-            self._check_signature(raw)
         except UpdateRefused as e:
             self._finish(begin.update_id, begin.version, "refused", str(e), started, source)
             return
@@ -773,6 +867,15 @@ class ModelUpdater:
         self._pending = _Pending(begin, source, started, path, path.open("w+b"), last_activity=time.monotonic())
         logger.info("receiving model update %s: %s %s, %d bytes in %d chunks (%s topic)", begin.update_id,
                     begin.name, begin.version, a.size, a.chunks, source)
+
+    def _check_authentic(self, cmd: Begin | Rollback, raw: dict, source: str) -> None:
+        """The signature (when required), then that the command is addressed to the topic it came on."""
+        self._check_signature(raw)
+        expected = self.topics.device if source == "device" else FLEET
+        if cmd.to != expected:
+            where = f"this device's topic ({self.topics.device})" if source == "device" else "the fleet topic"
+            raise UpdateRefused(f"{cmd.kind} addressed to {cmd.to!r} arrived on {where}, which takes only "
+                                f"commands for {expected!r}")
 
     def _check_signature(self, raw: dict) -> None:
         if self.policy.public_key is not None:
@@ -935,7 +1038,11 @@ class ModelUpdater:
 
     def _rollback(self, cmd: Rollback, raw: dict, started: float, source: str) -> None:
         try:
-            self._check_signature(raw)
+            self._check_authentic(cmd, raw, source)
+        except UpdateRefused as e:  # not remembered (see _on_begin)
+            self._finish(cmd.update_id, None, "refused", f"rollback refused: {e}", started, source, remember=False)
+            return
+        try:
             prev = self.store.previous
             if prev is None:
                 raise UpdateRefused("no previous model to roll back to")
@@ -956,15 +1063,16 @@ class ModelUpdater:
 
     # -- reporting ---------------------------------------------------------------------------
     def _finish(self, update_id: str | None, version: str | None, outcome: str, reason: str | None,
-                started: float, source: str, detail: dict | None = None) -> None:
+                started: float, source: str, detail: dict | None = None, remember: bool = True) -> None:
+        """Report an outcome; ``remember`` (only once the command is authentic) records the id as handled."""
         duration = round(time.monotonic() - started, 3)
         last = {"update_id": update_id, "version": version, "outcome": outcome, "reason": reason,
                 "duration_s": duration, "source": source}
-        if update_id:
+        if update_id and remember:
             self._finished[update_id] = outcome
             while len(self._finished) > SEEN_KEEP:
                 self._finished.popitem(last=False)
-        self.store.record(update_id, last)
+        self.store.record(update_id, last, remember=remember)
         self.outcomes.append(last)
         if outcome == "refused":
             logger.warning("model update %s refused: %s", update_id, reason)
@@ -995,7 +1103,7 @@ def _peek(payload: bytes, key: str) -> str | None:
 
 def _peek_update_id(payload: bytes) -> str | None:
     v = _peek(payload, "update_id")
-    return v if v and re.match(_UPDATE_ID, v) else None
+    return v if v and re.fullmatch(_UPDATE_ID[1:-1], v) else None
 
 
 __all__ = ["ArchiveInfo", "Begin", "End", "ModelStore", "ModelUpdater", "Rollback", "Signature", "Update",

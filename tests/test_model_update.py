@@ -37,7 +37,7 @@ from sdk.config import Config, config_from_dict
 from sdk.errors import ConfigError
 from sdk.messages import load_schema
 from sdk.mqtt import MqttPublisher, Outbox
-from sdk.topics import Topics
+from sdk.topics import Topics, parse_model_chunk
 from sdk.update import (ModelStore, UpdateRefused, generate_keypair, key_id, load_private_key, load_public_key, make_rollback,
                         make_update, pack_bundle, safe_extract, sign, verify)
 from train.publish import DeviceOutcome, main as publish_main, publish_bundle, rollback
@@ -46,6 +46,11 @@ REPO = Path(__file__).resolve().parents[1]
 DEVICE = "dev1"
 UPDATE_FIXTURE = "model-update-1"
 T = Topics(DEVICE)
+
+
+def device_update(*args, **kw):
+    """``make_update`` addressed to the test device (``to`` may be given)."""
+    return make_update(*args, **{"to": DEVICE, **kw})
 
 
 # -- bundles --------------------------------------------------------------------------------
@@ -332,7 +337,7 @@ def test_signed_updates_accepted_unsigned_and_badly_signed_refused(bundles, loop
         refused(publish_bundle(bundles["v2"], mosquitto.address, devices=[DEVICE], sign_key=rogue_key, wait_s=20),
                 "trusts key", trusted_id)
         # a valid signature, but the claimed version (or the archive) was swapped afterwards
-        upd = make_update(pack_bundle(bundles["v2"]), load_manifest(bundles["v2"]), sign_key=load_private_key(trusted))
+        upd = device_update(pack_bundle(bundles["v2"]), load_manifest(bundles["v2"]), sign_key=load_private_key(trusted))
         upd.begin["version"] = "9.9-evil"
         send(mosquitto.port, upd.messages(T.model_set))
         s = outcome_of(col, upd.update_id)
@@ -342,6 +347,49 @@ def test_signed_updates_accepted_unsigned_and_badly_signed_refused(bundles, loop
         assert out[0].outcome == "applied", out
         assert all(r["model"]["version"] == v2 for r in flowing(col))
         back = rollback(mosquitto.address, devices=[DEVICE], sign_key=trusted, wait_s=20)
+        assert back[0].outcome == "rolled_back" and back[0].version == v1
+    col.close()
+
+
+def test_signed_commands_are_bound_to_their_target(bundles, loop_video, mosquitto, tmp_path):
+    """A signed command re-published on another device's (or the fleet's) topic is refused, and
+    the refusal does not use up its update id."""
+    v1, v2 = version(bundles["v1"]), version(bundles["v2"])
+    _, pub, _ = generate_keypair(tmp_path / "keys" / "ops")
+    key = load_private_key(tmp_path / "keys" / "ops.key")
+    col = collector(mosquitto.port)
+
+    def last_update(uid, outcome):
+        def find(c):
+            return next((s["last_update"] for s in reversed(states(c))
+                         if (s["last_update"] or {}).get("update_id") == uid
+                         and s["last_update"]["outcome"] == outcome), None)
+
+        assert col.wait_for(lambda c: find(c) is not None, 30), f"no {outcome} for {uid}"
+        return find(col)
+
+    with Device(device_config(bundles["v1"], loop_video, mosquitto.address, tmp_path, public_key=str(pub)), col):
+        # a begin signed for this device, re-published (with its chunks) on the fleet topic
+        upd = device_update(pack_bundle(bundles["v2"]), load_manifest(bundles["v2"]), sign_key=key,
+                            chunk_size=64 * 1024)
+        send(mosquitto.port, upd.messages(T.fleet_model_set))
+        lu = last_update(upd.update_id, "refused")
+        assert lu["source"] == "fleet" and f"addressed to '{DEVICE}'" in lu["reason"] and "fleet" in lu["reason"]
+        assert all(r["model"]["version"] == v1 for r in flowing(col))
+        # the refused id is not remembered: the same update on the device's own topic is applied
+        send(mosquitto.port, upd.messages(T.model_set))
+        assert last_update(upd.update_id, "applied")["version"] == v2
+        # a rollback signed for another device, re-published on this device's topic
+        rb = make_rollback(to="dev2", sign_key=key)
+        send(mosquitto.port, [(T.model_set, json.dumps(rb).encode())])
+        lu = last_update(rb["update_id"], "refused")
+        assert "rollback addressed to 'dev2'" in lu["reason"], lu
+        assert all(r["model"]["version"] == v2 for r in flowing(col))
+        # a fleet rollback on the device topic is refused too; the right one works
+        rb = make_rollback(to="fleet", sign_key=key)
+        send(mosquitto.port, [(T.model_set, json.dumps(rb).encode())])
+        assert "addressed to 'fleet'" in last_update(rb["update_id"], "refused")["reason"]
+        back = rollback(mosquitto.address, devices=[DEVICE], sign_key=key, wait_s=20)
         assert back[0].outcome == "rolled_back" and back[0].version == v1
     col.close()
 
@@ -390,29 +438,29 @@ def test_bad_updates_are_refused_and_the_old_model_keeps_running(bundles, loop_v
     link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
 
     cases = []  # (name, messages, words the reason must hold)
-    upd = make_update(archive, m2, chunk_size=16 * 1024)
+    upd = device_update(archive, m2, chunk_size=16 * 1024)
     upd.chunks[1] = bytes([upd.chunks[1][0] ^ 1]) + upd.chunks[1][1:]
     cases.append(("corrupt chunk", upd, ["sha256", "does not match"]))
-    upd = make_update(archive, m2, chunk_size=16 * 1024)
+    upd = device_update(archive, m2, chunk_size=16 * 1024)
     del upd.chunks[2]
     msgs = upd.messages(T.model_set)  # chunk topics are numbered by position: renumber to leave a hole at 2
     msgs = [msgs[0]] + [(f"{T.model_set}/{upd.update_id}/{i if i < 2 else i + 1}", c)
                         for i, c in enumerate(upd.chunks)] + [msgs[-1]]
     cases.append(("missing chunk", msgs, ["incomplete", "missing: 2", "timeout_s"]))
-    cases.append(("short archive", make_update(archive[: len(archive) // 2], m2), ["not a readable tar.gz"]))
-    cases.append(("model vs manifest", make_update(pack_bundle(bad_model), load_manifest(bad_model)),
+    cases.append(("short archive", device_update(archive[: len(archive) // 2], m2), ["not a readable tar.gz"]))
+    cases.append(("model vs manifest", device_update(pack_bundle(bad_model), load_manifest(bad_model)),
                   ["sha256", "does not match the manifest"]))
-    cases.append(("labels vs outputs", make_update(pack_bundle(bad_labels), load_manifest(bad_labels)),
+    cases.append(("labels vs outputs", device_update(pack_bundle(bad_labels), load_manifest(bad_labels)),
                   ["10 classes", "9 labels"]))
-    cases.append(("wrong input shape", make_update(pack_bundle(bundles["wide"]), load_manifest(bundles["wide"])),
+    cases.append(("wrong input shape", device_update(pack_bundle(bundles["wide"]), load_manifest(bundles["wide"])),
                   ["input shape [1, 32, 32, 1]", "[1, 28, 28, 1]", "allow_input_change"]))
-    cases.append(("claims another version", make_update(archive, m2.model_copy(update={"version": "7"})),
+    cases.append(("claims another version", device_update(archive, m2.model_copy(update={"version": "7"})),
                   ["version 'update-2'", "claims '7'"]))
-    cases.append(("path traversal", make_update(_tar_gz([_file("manifest.json", manifest_bytes),
+    cases.append(("path traversal", device_update(_tar_gz([_file("manifest.json", manifest_bytes),
                                                          _file("../evil.txt", b"x")]), m2), ["unsafe", "'..'"]))
-    cases.append(("symlink", make_update(_tar_gz([_file("manifest.json", manifest_bytes), (link, None)]), m2),
+    cases.append(("symlink", device_update(_tar_gz([_file("manifest.json", manifest_bytes), (link, None)]), m2),
                   ["unsafe", "link"]))
-    big = make_update(archive, m2, chunk_size=1 << 20)
+    big = device_update(archive, m2, chunk_size=1 << 20)
     big.begin["archive"].update(size=4_000_001, chunks=4)
     cases.append(("oversized", [(T.model_set, json.dumps(big.begin).encode())], ["exceeds update.max_bytes"]))
 
@@ -515,6 +563,13 @@ def test_publish_bad_input_exits_2_naming_the_path(bundles, tmp_path, capsys):
     assert code == 2 and "--fleet" in err
     code, err = run("--bundle", bundles["v2"], "--device", DEVICE, "--broker", "127.0.0.1:1", "--chunk-size", "lots")
     assert code == 2 and "lots" in err
+    long_version = tmp_path / "long-version"
+    shutil.copytree(bundles["v2"], long_version)
+    m = json.loads((long_version / "manifest.json").read_text())
+    m["version"] = "v" * 300  # a valid manifest, but too long for the update's begin message
+    (long_version / "manifest.json").write_text(json.dumps(m))
+    code, err = run("--bundle", long_version, "--device", DEVICE, "--broker", "127.0.0.1:1")
+    assert code == 2 and "version" in err and str(long_version) in err, err
     code, err = run("--bundle", bundles["v2"], "--device", DEVICE, "--broker", "127.0.0.1:1", "--connect-timeout", "1")
     assert code == 3 and "127.0.0.1:1" in err
 
@@ -546,20 +601,32 @@ def test_signature_covers_the_claims_and_key_formats(bundles, tmp_path):
     assert kid == key_id(pub) == hashlib.sha256(raw).hexdigest()[:16]
     (tmp_path / "raw.pub").write_text(base64.b64encode(raw).decode() + "\n")
     assert key_id(load_public_key(tmp_path / "raw.pub")) == kid
-    upd = make_update(pack_bundle(bundles["v2"]), load_manifest(bundles["v2"]), sign_key=key)
+    upd = device_update(pack_bundle(bundles["v2"]), load_manifest(bundles["v2"]), sign_key=key)
     verify(upd.begin, pub)
-    for path, value in ((("version",), "x"), (("name",), "x"), (("target",), "coral"), (("update_id",), "ab" * 8),
+    for path, value in ((("to",), "dev2"), (("version",), "x"), (("name",), "x"), (("target",), "coral"), (("update_id",), "ab" * 8),
                         (("archive", "sha256"), "0" * 64), (("archive", "size"), 1), (("manifest_sha256",), "1" * 64)):
         msg = json.loads(json.dumps(upd.begin))
         (msg[path[0]] if len(path) == 2 else msg)[path[-1]] = value
         with pytest.raises(UpdateRefused, match="bad signature"):
             verify(msg, pub)
-    rb = make_rollback(sign_key=key)
+    rb = make_rollback(to=DEVICE, sign_key=key)
     verify(rb, pub)
+    with pytest.raises(UpdateRefused, match="bad signature"):
+        verify({**rb, "to": "fleet"}, pub)
     with pytest.raises(UpdateRefused, match="unsigned"):
-        verify(make_rollback(), pub)
-    for m in (upd.begin, upd.end, rb, make_rollback()):
+        verify(make_rollback(to=DEVICE), pub)
+    other = upd.addressed_to("fleet", key)  # another target: same id, shared chunks, its own signature
+    assert other.begin["to"] == "fleet" and other.chunks is upd.chunks and other.update_id == upd.update_id
+    verify(other.begin, pub)
+    assert {k: v for k, v in other.begin.items() if k not in ("to", "signature")} == \
+        {k: v for k, v in upd.begin.items() if k not in ("to", "signature")}
+    for m in (upd.begin, upd.end, rb, make_rollback(to="fleet"), other.begin):
         jsonschema.validate(m, load_schema("model-update"))
+    for m in (upd.begin, rb):  # 'to' is required
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({k: v for k, v in m.items() if k != "to"}, load_schema("model-update"))
+    with pytest.raises(ValueError, match="invalid target"):
+        make_rollback(to="a/b")
     with pytest.raises(ValueError, match="not found"):
         load_public_key(tmp_path / "none.pub")
     (tmp_path / "junk.pub").write_text("hello")
@@ -593,6 +660,47 @@ def test_safe_extract_bounds_the_expanded_size(tmp_path):
     assert arc.stat().st_size < 2000
     with pytest.raises(UpdateRefused, match="expands to more than"):
         safe_extract(arc, tmp_path / "out", 100_000)
+
+
+def test_safe_extract_stops_at_the_entry_limit(tmp_path, monkeypatch):
+    import sdk.update as su
+
+    arc = tmp_path / "many.tar.gz"
+    arc.write_bytes(_tar_gz([_file(f"f{i}", b"") for i in range(su.MAX_MEMBERS + 50)]))
+    read = []
+    orig_next = tarfile.TarFile.next
+
+    def counting_next(self):
+        m = orig_next(self)
+        read.append(m)
+        return m
+
+    monkeypatch.setattr(tarfile.TarFile, "next", counting_next)
+    with pytest.raises(UpdateRefused, match=f"more than {su.MAX_MEMBERS} entries"):
+        safe_extract(arc, tmp_path / "out", 10_000_000)
+    assert len(read) <= su.MAX_MEMBERS + 2  # stopped reading right after the limit
+    assert not (tmp_path / "out").exists()
+    monkeypatch.undo()
+    ok = tmp_path / "ok.tar.gz"  # exactly at the limit is fine
+    ok.write_bytes(_tar_gz([_file(f"f{i}", b"x") for i in range(su.MAX_MEMBERS)]))
+    safe_extract(ok, tmp_path / "ok", 10_000)
+    assert len(list((tmp_path / "ok").iterdir())) == su.MAX_MEMBERS
+
+
+def test_safe_extract_refuses_a_single_oversized_member(tmp_path):
+    arc = tmp_path / "a.tar.gz"
+    arc.write_bytes(_tar_gz([_file("zeros", bytes(300_000)), _file("b", b"x")]))
+    with pytest.raises(UpdateRefused, match="expands to more than"):
+        safe_extract(arc, tmp_path / "out", 100_000)
+
+
+def test_chunk_topics_parse_strictly():
+    base = T.model_set
+    assert parse_model_chunk(base, f"{base}/ab12cd34/7") == ("ab12cd34", 7)
+    assert parse_model_chunk(base, f"{base}/ab12cd34/123456789") == ("ab12cd34", 123456789)
+    for bad in ("ab12cd34/\u00b2", "ab12cd34/\u0663", "ab12cd34/1234567890", "ab12cd34/-1", "ab12cd34/ 1",
+                "ab12cd34/1\n", "ab12cd34\n/1", "AB12CD34/1", "ab12cd34/1/2", "ab12cd34/"):
+        assert parse_model_chunk(base, f"{base}/{bad}") is None, bad
 
 
 def test_update_config_section():
@@ -659,3 +767,38 @@ def test_subscriptions_are_renewed_after_a_broker_restart(tmp_path):
         assert pub.connects >= 2
     finally:
         broker.stop()
+
+
+def test_store_start_up_removes_leftovers_but_not_the_active_or_previous_bundle(bundles, tmp_path):
+    store = ModelStore(tmp_path / "store", keep=3)
+    m = load_manifest(bundles["v2"])
+    m1 = load_manifest(bundles["v1"])
+    current = {"name": m1.name, "version": m1.version, "sha256": m1.sha256, "update_id": None, "dir": None}
+    for i in range(2):
+        src = tmp_path / f"in{i}"
+        shutil.copytree(bundles["v2"], src)
+        ref = {**current, "version": f"v{i}", "update_id": f"{i:08x}", "dir": store.install(src, m, f"{i:08x}")}
+        store.activate(ref, current)
+        current = ref
+    store.save()
+    active, previous = store.active["dir"], store.previous["dir"]
+    root = store.root
+    (store.staging() / "0123abcd.tar.gz.part").write_bytes(b"half")
+    (root / ".incoming-0123abcd").mkdir()
+    (root / ".incoming-0123abcd" / "model.tflite").write_bytes(b"x")
+    shutil.copytree(bundles["v2"], root / "update-2-deadbeef0000")  # installed, then forgotten (a crash)
+    (root / "notes").mkdir()  # not a store folder: left alone
+    # the active and previous folders are kept even when 'installed' lost them
+    state = json.loads((root / "active.json").read_text())
+    state["installed"] = []
+    (root / "active.json").write_text(json.dumps(state))
+
+    again = ModelStore(root, keep=3)
+    assert sorted(p.name for p in root.iterdir()) == sorted([".staging", "active.json", "notes", active, previous])
+    assert list((root / ".staging").iterdir()) == []
+    assert again.active["dir"] == active and (root / active / MODEL_FILE).is_file()
+
+    (root / "v9-0123456789ab").mkdir()
+    (root / "active.json").write_text("{broken")  # unreadable: no bundle folder is removed
+    ModelStore(root, keep=3)
+    assert {active, previous, "v9-0123456789ab"} <= {p.name for p in root.iterdir()}

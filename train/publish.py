@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from pydantic import ValidationError
+
 from sdk.bundle import BundleError, verify_bundle
 from sdk.errors import MqttConfigError
 from sdk.mqtt import MqttPublisher, Outbox, TlsSettings, credentials_from_env, parse_broker
@@ -205,10 +207,10 @@ class _Session:
         return out
 
 
-def _deliver(broker: str, prefix: str, targets: list[tuple[str, str]], build: Callable[[str], list],
+def _deliver(broker: str, prefix: str, targets: list[tuple[str, str]], build: Callable[[str, str], list],
              update_id: str, wait_s: float | None, fleet: bool, conn: dict, send_timeout_s: float | None,
              size: int) -> list[DeviceOutcome]:
-    msgs = [m for _, set_topic in targets for m in build(set_topic)]
+    msgs = [m for to, set_topic in targets for m in build(to, set_topic)]  # one addressed command per target
     timeout = send_timeout_s if send_timeout_s is not None else 30.0 + size * len(targets) / 200_000
     with _Session(broker, prefix, **conn) as s:
         devices = [d for d, _ in targets if d != FLEET]
@@ -253,10 +255,21 @@ def publish_bundle(bundle_dir: str | Path, broker: str, *, devices: Sequence[str
     chunk_size = parse_size(chunk_size)
     if not 1024 <= chunk_size <= MAX_CHUNK_SIZE:
         raise BadInput(f"chunk size must be 1k..{MAX_CHUNK_SIZE // (1024 * 1024)}m (got {chunk_size} bytes)")
-    upd = make_update(archive, manifest, chunk_size=chunk_size, sign_key=_sign_key(sign_key), update_id=update_id)
-    logger.info("update %s: %s %s, %d bytes in %d chunks%s", upd.update_id, manifest.name, manifest.version,
-                len(archive), len(upd.chunks), ", signed" if sign_key is not None else "")
-    return _deliver(broker, prefix, targets, upd.messages, upd.update_id, wait_s, fleet,
+    key = _sign_key(sign_key)
+    try:  # one begin per target: its 'to' (device id or fleet) is signed; the chunks are shared
+        first = make_update(archive, manifest, to=targets[0][0], chunk_size=chunk_size, sign_key=key,
+                            update_id=update_id)
+        updates = {to: first if i == 0 else first.addressed_to(to, key) for i, (to, _) in enumerate(targets)}
+    except ValidationError as e:  # e.g. a manifest version of over 200 characters or with a control character
+        fields = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(message)'}: {err['msg']}"
+                           for err in e.errors())
+        raise BadInput(f"{bundle_dir}: cannot be sent as an update: {fields}") from e
+    except ValueError as e:  # a target that cannot be a 'to' (over 200 characters)
+        raise BadInput(str(e)) from e
+    logger.info("update %s: %s %s, %d bytes in %d chunks%s", first.update_id, manifest.name, manifest.version,
+                len(archive), len(first.chunks), ", signed" if sign_key is not None else "")
+    return _deliver(broker, prefix, targets, lambda to, set_topic: updates[to].messages(set_topic),
+                    first.update_id, wait_s, fleet,
                     _conn(tls, username, password, client_id, connect_timeout_s), send_timeout_s, len(archive))
 
 
@@ -266,9 +279,15 @@ def rollback(broker: str, *, devices: Sequence[str] | None = None, fleet: bool =
              connect_timeout_s: float = 10.0) -> list[DeviceOutcome]:
     """Tell devices to swap back to their previous model."""
     targets = _targets(devices, fleet, prefix)
-    msg = make_rollback(sign_key=_sign_key(sign_key))
-    return _deliver(broker, prefix, targets, lambda set_topic: [(set_topic, encode(msg))], msg["update_id"], wait_s,
-                    fleet, _conn(tls, username, password, client_id, connect_timeout_s), None, 0)
+    key = _sign_key(sign_key)
+    try:  # one per target: its 'to' is signed
+        first = make_rollback(to=targets[0][0], sign_key=key)
+        msgs = {to: first if i == 0 else make_rollback(to=to, sign_key=key, update_id=first["update_id"],
+                                                       created=first["created"]) for i, (to, _) in enumerate(targets)}
+    except ValueError as e:  # a target that cannot be a 'to'
+        raise BadInput(str(e)) from e
+    return _deliver(broker, prefix, targets, lambda to, set_topic: [(set_topic, encode(msgs[to]))],
+                    first["update_id"], wait_s, fleet, _conn(tls, username, password, client_id, connect_timeout_s), None, 0)
 
 
 # -- command line ---------------------------------------------------------------------------------
