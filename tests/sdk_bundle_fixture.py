@@ -26,6 +26,7 @@ from sdk.bundle import (
     OutputSpec,
     Quantization,
     SplitAccuracy,
+    load_manifest,
     sha256_file,
     verify_bundle,
     write_manifest,
@@ -66,8 +67,33 @@ def build_bundle(out_dir: Path, mnist_dir: Path) -> Path:
     xt = xt[:2000].astype("float32")[..., None]
     yt = yt[:2000]
 
-    model = keras.Sequential([
-        keras.layers.Input((28, 28, 1)),
+    model = small_cnn(28)
+    model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    model.fit(x, y, batch_size=128, epochs=EPOCHS, verbose=0)
+    float_acc = float(model.evaluate(xt, yt, verbose=0)[1])
+    interp = write_int8_bundle(model, x[:200], out_dir, name="lenet-mnist-test", version=FIXTURE_VERSION,
+                               accuracy_float=float_acc)
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    in_s, in_z = inp["quantization"]
+    correct = 0
+    for i in range(len(xt)):
+        q = np.clip(np.round(xt[i: i + 1] / in_s + in_z), -128, 127).astype(np.int8)
+        interp.set_tensor(inp["index"], q)
+        interp.invoke()
+        correct += int(np.argmax(interp.get_tensor(out["index"])[0]) == yt[i])
+    manifest = load_manifest(out_dir)
+    manifest.accuracy_exported = SplitAccuracy(test=correct / len(xt))
+    write_manifest(out_dir, manifest)
+    return out_dir
+
+
+def small_cnn(side: int):
+    """The fixture's LeNet-like CNN for ``side`` x ``side`` grey digits (raw 0..255 input)."""
+    from train._tf import keras
+
+    return keras.Sequential([
+        keras.layers.Input((side, side, 1)),
         keras.layers.Rescaling(1.0 / 255),
         keras.layers.Conv2D(16, 5, padding="same", activation="relu"),
         keras.layers.MaxPooling2D(),
@@ -77,14 +103,17 @@ def build_bundle(out_dir: Path, mnist_dir: Path) -> Path:
         keras.layers.Dense(96, activation="relu"),
         keras.layers.Dense(10, activation="softmax"),
     ])
-    model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    model.fit(x, y, batch_size=128, epochs=EPOCHS, verbose=0)
-    float_acc = float(model.evaluate(xt, yt, verbose=0)[1])
+
+
+def write_int8_bundle(model, calibration: np.ndarray, out_dir: Path, *, name: str, version: str,
+                      accuracy_float: float | None = None):
+    """Convert ``model`` to full INT8 (calibrated on ``calibration``), write model, labels and manifest
+    into ``out_dir``; returns the loaded LiteRT interpreter."""
+    from train._tf import tf
 
     def representative():
-        for i in range(200):
-            yield [x[i: i + 1]]
+        for i in range(len(calibration)):
+            yield [calibration[i: i + 1]]
 
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -104,37 +133,18 @@ def build_bundle(out_dir: Path, mnist_dir: Path) -> Path:
     interp = Interpreter(model_path=str(out_dir / MODEL_FILE))
     interp.allocate_tensors()
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    in_s, in_z = inp["quantization"]
-    out_s, out_z = out["quantization"]
-    correct = 0
-    for i in range(len(xt)):
-        q = np.clip(np.round(xt[i: i + 1] / in_s + in_z), -128, 127).astype(np.int8)
-        interp.set_tensor(inp["index"], q)
-        interp.invoke()
-        correct += int(np.argmax(interp.get_tensor(out["index"])[0]) == yt[i])
-    manifest = Manifest(
-        name="lenet-mnist-test",
-        version=FIXTURE_VERSION,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        target="cpu",
-        sha256=sha256_file(out_dir / MODEL_FILE),
-        size_bytes=len(tflite),
-        input=InputSpec(
-            shape=[int(v) for v in inp["shape"]], dtype="int8",
-            quantization=Quantization(scale=float(in_s), zero_point=int(in_z)),
-            colour="grey", polarity="light_on_dark", preprocess="digit",
-        ),
-        output=OutputSpec(
-            shape=[int(v) for v in out["shape"]], dtype="int8",
-            quantization=Quantization(scale=float(out_s), zero_point=int(out_z)),
-            activation="softmax",
-        ),
+    (in_s, in_z), (out_s, out_z) = inp["quantization"], out["quantization"]
+    write_manifest(out_dir, Manifest(
+        name=name, version=version, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), target="cpu",
+        sha256=sha256_file(out_dir / MODEL_FILE), size_bytes=len(tflite),
+        input=InputSpec(shape=[int(v) for v in inp["shape"]], dtype="int8",
+                        quantization=Quantization(scale=float(in_s), zero_point=int(in_z)),
+                        colour="grey", polarity="light_on_dark", preprocess="digit"),
+        output=OutputSpec(shape=[int(v) for v in out["shape"]], dtype="int8",
+                          quantization=Quantization(scale=float(out_s), zero_point=int(out_z)), activation="softmax"),
         labels=labels,
-        accuracy_float=SplitAccuracy(test=float_acc),
-        accuracy_exported=SplitAccuracy(test=correct / len(xt)),
-    )
-    write_manifest(out_dir, manifest)
-    return out_dir
+        accuracy_float=SplitAccuracy(test=accuracy_float)))
+    return interp
 
 
 def cached_bundle(cache_root: Path, mnist_dir: Path) -> Path:

@@ -10,7 +10,6 @@ import base64
 import gzip
 import io
 import json
-import math
 import os
 import shutil
 import stat
@@ -19,7 +18,6 @@ import sys
 import tarfile
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import jsonschema
@@ -27,12 +25,11 @@ import numpy as np
 import pytest
 
 from mqtt_fixtures import Broker, Collector, mosquitto  # noqa: F401  (fixture)
-from sdk_bundle_fixture import load_mnist, sdk_bundle  # noqa: F401  (fixture)
+from sdk_bundle_fixture import load_mnist, sdk_bundle, small_cnn, write_int8_bundle  # noqa: F401  (fixture)
 from videos import write_digit_video
 
 import sdk
-from sdk.bundle import (LABELS_FILE, MODEL_FILE, BundleError, InputSpec, Manifest, OutputSpec, Quantization,
-                        load_manifest, sha256_file, verify_bundle, write_manifest)
+from sdk.bundle import MODEL_FILE, BundleError, load_manifest, verify_bundle
 from sdk.config import Config, config_from_dict
 from sdk.errors import ConfigError
 from sdk.messages import load_schema
@@ -69,53 +66,10 @@ def build_variant(out_dir: Path, mnist_dir: Path, *, version: str, side: int = 2
     if side != 28:
         x = np.stack([cv2.resize(i, (side, side), interpolation=cv2.INTER_LINEAR) for i in x])
     x = x.astype("float32")[..., None]
-    model = keras.Sequential([
-        keras.layers.Input((side, side, 1)),
-        keras.layers.Rescaling(1.0 / 255),
-        keras.layers.Conv2D(16, 5, padding="same", activation="relu"),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(32, 5, activation="relu"),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Flatten(),
-        keras.layers.Dense(96, activation="relu"),
-        keras.layers.Dense(10, activation="softmax"),
-    ])
+    model = small_cnn(side)
     model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy")
     model.fit(x, y, batch_size=128, epochs=1, verbose=0)
-
-    def representative():
-        for i in range(100):
-            yield [x[i: i + 1]]
-
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = representative
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    tflite = conv.convert()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MODEL_FILE).write_bytes(tflite)
-    labels = [str(i) for i in range(10)]
-    (out_dir / LABELS_FILE).write_text("\n".join(labels) + "\n")
-
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(out_dir / MODEL_FILE))
-    interp.allocate_tensors()
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    write_manifest(out_dir, Manifest(
-        name=name, version=version, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), target="cpu",
-        sha256=sha256_file(out_dir / MODEL_FILE), size_bytes=len(tflite),
-        input=InputSpec(shape=[int(v) for v in inp["shape"]], dtype="int8",
-                        quantization=Quantization(scale=float(inp["quantization"][0]),
-                                                  zero_point=int(inp["quantization"][1])),
-                        colour="grey", polarity="light_on_dark", preprocess="digit"),
-        output=OutputSpec(shape=[int(v) for v in out["shape"]], dtype="int8",
-                          quantization=Quantization(scale=float(out["quantization"][0]),
-                                                    zero_point=int(out["quantization"][1])),
-                          activation="softmax"),
-        labels=labels))
+    write_int8_bundle(model, x[:100], out_dir, name=name, version=version)
     return out_dir
 
 
