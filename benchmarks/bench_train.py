@@ -148,6 +148,25 @@ def seed000_regularized() -> dict:
         runs_dir=str(CACHE / "runs"), run_name="seed000_regularized", tensorboard=False, verbose=2))
 
 
+def seed000_bn() -> dict:
+    """Seed 000's LeNet-5 with batch normalization after each convolution and hidden dense layer, 20 cosine epochs."""
+    csv = kaggle_csv()
+    return _run("seed000_bn", TrainConfig(
+        model="lenet5", model_kwargs={"batch_norm": True}, data=str(csv), test_data=str(SHARED / "mnist"),
+        lr_schedule="cosine", early_stopping_patience=0,
+        runs_dir=str(CACHE / "runs"), run_name="seed000_bn", tensorboard=False, verbose=2))
+
+
+def seed000_elastic() -> dict:
+    """Seed 000's LeNet-5 with elastic distortions (Simard et al. 2003: alpha 34, sigma 4), 30 cosine epochs."""
+    csv = kaggle_csv()
+    return _run("seed000_elastic", TrainConfig(
+        model="lenet5", data=str(csv), test_data=str(SHARED / "mnist"), epochs=30,
+        lr_schedule="cosine", early_stopping_patience=0,
+        augment=AugmentConfig(enabled=True, rotation=0, shift=0, zoom=0, elastic=34, elastic_sigma=4),
+        runs_dir=str(CACHE / "runs"), run_name="seed000_elastic", tensorboard=False, verbose=2))
+
+
 def lenet5_mnist() -> dict:
     return _run("lenet5_mnist", TrainConfig(model="lenet5", data=str(SHARED / "mnist"), runs_dir=str(CACHE / "runs"),
                                             run_name="lenet5_mnist", tensorboard=False, verbose=2), target=0.99)
@@ -183,8 +202,20 @@ def resnet_fashion_plain() -> dict:
                 target=0.93)
 
 
-EXPERIMENTS = {f.__name__: f for f in (seed000, seed000_aug, seed000_dropout, seed000_regularized, lenet5_mnist, resnet_mnist, lenet5_fashion, resnet_fashion,
-                                       resnet_fashion_plain)}
+def resnet_fashion_flip() -> dict:
+    """resnet_small on Fashion-MNIST with horizontal flips only: 24 epochs of cosine decay, label smoothing 0.1."""
+    return _run("resnet_fashion_flip", TrainConfig(model="resnet_small", data=str(SHARED / "fashion-mnist"), epochs=24,
+                                                   batch_size=128, lr_schedule="cosine", early_stopping_patience=0,
+                                                   label_smoothing=0.1,
+                                                   augment=AugmentConfig(enabled=True, rotation=0, shift=0, zoom=0, hflip=True),
+                                                   runs_dir=str(CACHE / "runs"), run_name="resnet_fashion_flip",
+                                                   tensorboard=False, verbose=2),
+                target=0.93)
+
+
+EXPERIMENTS = {f.__name__: f for f in (seed000, seed000_aug, seed000_dropout, seed000_regularized, seed000_bn,
+                                       seed000_elastic, lenet5_mnist, resnet_mnist, lenet5_fashion, resnet_fashion,
+                                       resnet_fashion_plain, resnet_fashion_flip)}
 
 
 def main() -> None:

@@ -125,6 +125,17 @@ def test_lenet5_is_the_classic_layout(built):
     ]
 
 
+def test_lenet5_batch_norm_keeps_the_layout():
+    model = models.create_model("lenet5", (28, 28, 1), 10, batch_norm=True)
+    # the biases move into the batch norms: 226 biases out, 4 x 226 batch-norm parameters in
+    assert model.count_params() == 61_706 - 226 + 4 * 226
+    assert [model.get_layer(n).output_shape[1:] for n in ("conv1_act", "pool2", "fc1_act", "fc2_act")] == [
+        (28, 28, 6), (5, 5, 16), (120,), (84,),
+    ]
+    assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers) == 4
+    assert not model.get_layer("conv1").use_bias and model.get_layer("conv1").activation is keras.activations.linear
+
+
 def test_alexnet_picks_its_size_from_the_input():
     small = models.create_model("alexnet", (32, 32, 3), 10)
     assert small.get_layer("conv1").kernel_size == (3, 3)

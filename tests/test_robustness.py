@@ -169,6 +169,8 @@ def test_adversarial_training_saves_a_plain_model_that_exports(mnist_dir, tmp_pa
         (["--adversarial", "pgd", "--adv-epsilon", "8", "--adv-ratio", "1.5"], "--adv-ratio"),
         (["--adv-epsilon", "8"], "--adversarial fgsm|pgd"),
         (["--noise-std", "200"], "--noise-std"),
+        (["--elastic", "-1"], "--elastic must be within 0..100"),
+        (["--elastic", "34", "--elastic-sigma", "0"], "--elastic-sigma"),
     ],
 )
 def test_train_cli_rejects_bad_defence_options(tmp_path, capsys, args, needle):

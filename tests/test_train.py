@@ -124,11 +124,48 @@ def test_augmentation_keeps_range_and_shape(mnist_dir):
 
     ds = load_dataset(str(mnist_dir), split="test").subset(range(64))
     aug = make_augmenter(AugmentConfig(enabled=True, rotation=15, shift=0.1, zoom=0.1, crop=0.1, brightness=0.2,
-                                       contrast=0.2, noise_std=8), (28, 28, 1), 0.0, seed=1)
+                                       contrast=0.2, noise_std=8, elastic=20), (28, 28, 1), 0.0, seed=1)
     x, y = next(iter(make_tf_dataset(ds, 64, training=True, augmenter=aug)))
     x = x.numpy()
     assert x.shape == (64, 28, 28, 1) and x.min() >= 0 and x.max() <= 255
     assert not np.allclose(np.sort(x.ravel()), np.sort(ds.x.astype(np.float32).ravel()))
+
+
+def test_elastic_distortion_moves_strokes_locally(mnist_dir):
+    from train.config import AugmentConfig
+    from train.data_pipeline import make_augmenter
+
+    x = load_dataset(str(mnist_dir), split="test").x[:64].astype(np.float32)
+    cfg = AugmentConfig(enabled=True, rotation=0, shift=0, zoom=0, elastic=34, elastic_sigma=4)
+    aug = make_augmenter(cfg, (28, 28, 1), 0.0, seed=3)
+    out = aug(x, training=True).numpy()
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 255
+    assert np.abs(out - x).mean() > 5  # the strokes moved
+    np.testing.assert_array_equal(aug(x, training=False).numpy(), x)  # inference never distorts
+
+    def centre(img):
+        ys, xs = np.mgrid[:28, :28]
+        m = img[..., 0]
+        return np.array([(m * ys).sum(), (m * xs).sum()]) / m.sum()
+
+    # local warps, not a translation: the ink stays where it was and keeps its amount
+    shifts = [np.linalg.norm(centre(a) - centre(b)) for a, b in zip(out, x)]
+    assert np.median(shifts) < 2.0 and max(shifts) < 5.0, shifts
+    ink = out.sum(axis=(1, 2, 3)) / x.sum(axis=(1, 2, 3))
+    assert 0.8 < np.median(ink) < 1.2 and ink.min() > 0.4 and ink.max() < 2.0, ink
+    # seeded: the same seed gives the same distortions
+    again = make_augmenter(cfg, (28, 28, 1), 0.0, seed=3)(x, training=True).numpy()
+    np.testing.assert_array_equal(again, out)
+
+
+def test_elastic_flag_stands_alone():
+    from train.data_pipeline import make_augmenter
+    from train.train import build_parser, config_from_args
+
+    config = config_from_args(build_parser().parse_args(["--data", "mnist", "--elastic", "34", "--elastic-sigma", "5"]))
+    assert (config.augment.enabled, config.augment.elastic, config.augment.elastic_sigma) == (False, 34, 5)
+    aug = make_augmenter(config.augment, (28, 28, 1), 0.0, 1)
+    assert [type(layer).__name__ for layer in aug.layers] == ["RandomElastic"]
 
 
 def test_crossval_of_a_run_lands_in_its_report(mnist_run, tmp_path, capsys):

@@ -23,6 +23,12 @@ class AugmentConfig(BaseModel):
     crop: float = Field(0.0, ge=0, le=0.5, description="Random crop fraction (pad-and-crop).")
     brightness: float = Field(0.0, ge=0, le=1, description="Max brightness change, fraction of range.")
     contrast: float = Field(0.0, ge=0, le=1, description="Max contrast factor change.")
+    elastic: float = Field(
+        0.0, ge=0, le=100,
+        description="Elastic distortion strength alpha in pixels (Simard et al. 2003 use 34 on 28x28 digits); 0 is off. "
+                    "Applied even when enabled is false, then without the geometric defaults.",
+    )
+    elastic_sigma: float = Field(4.0, gt=0, le=32, description="Smoothness of the elastic displacement field (Gaussian sigma, pixels).")
     hflip: bool = Field(False, description="Horizontal flips; only where the classes allow (not digits).")
     vflip: bool = Field(False, description="Vertical flips; only where the classes allow.")
     noise_std: float = Field(

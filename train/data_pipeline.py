@@ -5,6 +5,7 @@ can rebuild exactly the validation and test sets a run was judged on.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -74,17 +75,68 @@ def build_splits(config: TrainConfig) -> dict[str, Dataset | None]:
     return {"train": train, "val": parts["val"], "test": test}
 
 
+@functools.cache
+def _elastic_layer_class():
+    from train._tf import keras, tf
+
+    class RandomElastic(keras.layers.Layer):
+        """Elastic distortion (Simard, Steinkraus and Platt 2003) of a batch of HxWxC images.
+
+        A uniform random displacement field in [-1, 1] per pixel and axis is smoothed with a Gaussian
+        of ``sigma`` pixels, scaled by ``alpha`` pixels, and the image is resampled bilinearly along it
+        with OpenCV (``cv2.GaussianBlur``, ``cv2.remap``); pixels pulled from outside get ``fill_value``.
+        """
+
+        def __init__(self, alpha: float, sigma: float, fill_value: float = 0.0, seed: int | None = None, **kw):
+            super().__init__(**kw)
+            self.alpha, self.sigma, self.fill_value, self.seed = float(alpha), float(sigma), float(fill_value), seed
+            self._rng = np.random.default_rng(seed)
+
+        def _distort(self, batch: np.ndarray) -> np.ndarray:
+            import cv2
+
+            n, h, w = batch.shape[:3]
+            grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+            out = np.empty_like(batch)
+            for i in range(n):
+                field = self._rng.uniform(-1.0, 1.0, size=(h, w, 2)).astype(np.float32)
+                field = cv2.GaussianBlur(field, (0, 0), self.sigma) * self.alpha
+                warped = cv2.remap(batch[i], grid_x + field[..., 0], grid_y + field[..., 1], cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=self.fill_value)
+                out[i] = warped.reshape(batch.shape[1:])
+            return out
+
+        def call(self, inputs, training=None):
+            if not training:
+                return inputs
+            out = tf.numpy_function(self._distort, [tf.cast(inputs, tf.float32)], tf.float32, stateful=True)
+            out.set_shape(inputs.shape)
+            return out
+
+        def get_config(self):
+            return {**super().get_config(), "alpha": self.alpha, "sigma": self.sigma,
+                    "fill_value": self.fill_value, "seed": self.seed}
+
+    return RandomElastic
+
+
+def RandomElastic(alpha: float, sigma: float, fill_value: float = 0.0, seed: int | None = None, **kw):
+    """An elastic-distortion Keras layer (built on first use so importing this module needs no TensorFlow)."""
+    return _elastic_layer_class()(alpha, sigma, fill_value=fill_value, seed=seed, **kw)
+
+
 def make_augmenter(aug: AugmentConfig, image_shape: tuple[int, int, int], fill_value: float, seed: int):
     """A Keras preprocessing stack applied to float batches of raw pixels (0..255), or None.
 
-    With ``aug.enabled`` false, a non-zero ``aug.noise_std`` still gives Gaussian noise alone."""
+    With ``aug.enabled`` false, a non-zero ``aug.noise_std`` or ``aug.elastic`` still applies, alone."""
     from train._tf import keras
 
     if not aug.enabled:
-        if not aug.noise_std:
+        if not (aug.noise_std or aug.elastic):
             return None
-        # noise_std alone is the noise-injection defence: noise only, none of the geometric defaults
-        aug = AugmentConfig(enabled=True, rotation=0, shift=0, zoom=0, noise_std=aug.noise_std)
+        # noise_std (the noise-injection defence) and elastic stand alone: none of the geometric defaults
+        aug = AugmentConfig(enabled=True, rotation=0, shift=0, zoom=0, noise_std=aug.noise_std,
+                            elastic=aug.elastic, elastic_sigma=aug.elastic_sigma)
     h, w, _ = image_shape
     L = keras.layers
     layers = []
@@ -97,6 +149,8 @@ def make_augmenter(aug: AugmentConfig, image_shape: tuple[int, int, int], fill_v
         layers.append(L.RandomZoom(aug.zoom, fill_mode="constant", fill_value=fill_value, seed=seed))
     if aug.shift:
         layers.append(L.RandomTranslation(aug.shift, aug.shift, fill_mode="constant", fill_value=fill_value, seed=seed))
+    if aug.elastic:
+        layers.append(RandomElastic(aug.elastic, aug.elastic_sigma, fill_value=fill_value, seed=seed))
     if aug.crop:
         ch, cw = max(1, round(h * (1 - aug.crop))), max(1, round(w * (1 - aug.crop)))
         layers += [L.RandomCrop(ch, cw, seed=seed), L.Resizing(h, w)]

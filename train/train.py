@@ -302,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", action="store_true", default=None, help="rotation/shift/zoom augmentation")
     p.add_argument("--noise-std", type=float, metavar="PIXELS",
                    help="noise-injection defence: Gaussian noise of this std (0..128 pixels) on training images")
+    p.add_argument("--elastic", type=float, metavar="ALPHA",
+                   help="elastic distortions of this strength in pixels (0..100; 34 for 28x28 digits)")
+    p.add_argument("--elastic-sigma", type=float, metavar="PIXELS", help="smoothness of the elastic field (default 4)")
     p.add_argument("--adversarial", choices=["fgsm", "pgd"], help="adversarial training with this attack")
     p.add_argument("--adv-epsilon", type=float, metavar="PIXELS", help="L-inf size of the attack, 0 < eps <= 255 pixels")
     p.add_argument("--adv-ratio", type=float, help="share of each batch replaced by adversarial examples (default 0.5)")
@@ -337,11 +340,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         config = TrainConfig(**fields)
     if args.augment:
         config.augment.enabled = True
-    if args.noise_std is not None:
+    for flag, field, valid in (("--noise-std", "noise_std", "within 0..128 pixels"),
+                               ("--elastic", "elastic", "within 0..100 pixels"),
+                               ("--elastic-sigma", "elastic_sigma", "above 0 and at most 32 pixels")):
+        value = getattr(args, field)
+        if value is None:
+            continue
         try:
-            config.augment = AugmentConfig.model_validate({**config.augment.model_dump(), "noise_std": args.noise_std})
+            config.augment = AugmentConfig.model_validate({**config.augment.model_dump(), field: value})
         except ValidationError as e:
-            raise ValueError(f"--noise-std must be within 0..128 pixels; got {args.noise_std}") from e
+            raise ValueError(f"{flag} must be {valid}; got {value}") from e
     return _with_adversarial(config, args)
 
 
