@@ -43,16 +43,22 @@ def update_policy(config: Config) -> UpdatePolicy:
                         fleet=u.fleet, timeout_s=u.timeout_s)
 
 
+def ha_discovery(config: Config, topics: Topics, manifest=None) -> list:
+    """Home Assistant discovery messages for the running model, or [] when discovery is off."""
+    if not config.homeassistant.enabled:
+        return []
+    return discovery_messages(topics, model_name=manifest.name if manifest else "",
+                              model_version=manifest.version if manifest else "", sw_version=__version__,
+                              discovery_prefix=config.homeassistant.discovery_prefix)
+
+
 def make_publisher(config: Config, topics: Topics, bundle: Bundle | None = None) -> MqttPublisher:
     """A started-on-enter publisher for ``config.mqtt`` (status LWT, HA discovery as birth messages)."""
     m = config.mqtt
     host, port = parse_broker(m.broker)
     user, password = credentials_from_env(m.username_env, m.password_env)
     tls = TlsSettings(m.tls.ca_certs, m.tls.certfile, m.tls.keyfile, m.tls.insecure) if m.tls.enabled else None
-    birth = []
-    if config.homeassistant.enabled:
-        birth = discovery_messages(topics, model_name=bundle.manifest.name if bundle else "",
-                                   sw_version=__version__, discovery_prefix=config.homeassistant.discovery_prefix)
+    birth = ha_discovery(config, topics, bundle.manifest if bundle else None)
     outbox = Outbox(m.outbox_path or default_outbox_path(config.device_id), m.outbox_max_messages)
     try:
         return MqttPublisher(host, port, m.client_id or f"edgeclf-{config.device_id}", status_topic=topics.status,
@@ -117,7 +123,8 @@ def run(config: Config, stop: threading.Event | None = None, status_stream: Text
             if updates:  # subscribe before connecting: a persistent session delivers at once
                 updater = ModelUpdater(topics=topics, publisher=publisher, target=pipeline,
                                        make_classifier=make_classifier, store=store, configured_model=config.model,
-                                       policy=policy, run_id=pipeline.run_id)
+                                       policy=policy, run_id=pipeline.run_id,
+                                       on_model_change=lambda m: publisher.set_birth(ha_discovery(config, topics, m)))
                 updater.start()
                 stack.callback(updater.close)  # closed before the publisher: its last state gets flushed
             publisher.start()

@@ -12,12 +12,14 @@ from .topics import Topics
 Message = tuple[str, bytes, int, bool]
 
 
-def discovery_messages(topics: Topics, *, model_name: str = "", sw_version: str = "",
+def discovery_messages(topics: Topics, *, model_name: str = "", model_version: str = "", sw_version: str = "",
                        discovery_prefix: str = "homeassistant") -> list[Message]:
-    """``(topic, payload, qos, retain)`` of every discovery config, to publish on connect."""
+    """``(topic, payload, qos, retain)`` of every discovery config, to publish on connect and again
+    whenever the running model changes (the device card shows ``model_name model_version``)."""
     dev = topics.device
+    model = " ".join(part for part in (model_name, model_version) if part) or "edge classifier"
     device = {"identifiers": [f"edgeclf_{dev}"], "name": f"edgeclf {dev}", "manufacturer": "edgeclf",
-              "model": model_name or "edge classifier", "sw_version": sw_version}
+              "model": model, "sw_version": sw_version}
     avail = {"availability_topic": topics.status, "payload_available": "online", "payload_not_available": "offline"}
     entities = [
         ("sensor", "label", {"name": "Last label", "state_topic": topics.result, "icon": "mdi:label",

@@ -290,6 +290,12 @@ class MqttPublisher:
         self._started = False
 
     # -- publishing ----------------------------------------------------------------------
+    def set_birth(self, birth: Iterable[Message]) -> None:
+        """Replace the birth messages (sent on every connect) and queue them now."""
+        self.birth = list(birth)
+        for topic, payload, qos, retain in self.birth:
+            self.publish(topic, payload, qos=qos, retain=retain)
+
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False,
                 persist: bool = True) -> None:
         """Queue a message. ``persist=False`` (e.g. metrics): sent only when connected, else skipped."""

@@ -690,8 +690,10 @@ class ModelUpdater:
 
     def __init__(self, *, topics: Topics, publisher: Any, target: SwapTarget,
                  make_classifier: Callable[[Path], Any], store: ModelStore, configured_model: str | Path,
-                 policy: UpdatePolicy | None = None, run_id: str = ""):
+                 policy: UpdatePolicy | None = None, run_id: str = "",
+                 on_model_change: Callable[[Any], None] | None = None):
         self.topics = topics
+        self.on_model_change = on_model_change  # called with the new manifest after a swap or rollback
         self.publisher = publisher
         self.target = target
         self.make_classifier = make_classifier
@@ -1080,6 +1082,11 @@ class ModelUpdater:
             logger.info("model update %s %s: now running %s %s (%.2f s)", update_id, outcome.replace("_", " "),
                         self.target.classifier.manifest.name, self.target.classifier.manifest.version, duration)
         self._publish_state(last)
+        if outcome != "refused" and self.on_model_change is not None:
+            try:
+                self.on_model_change(self.target.classifier.manifest)
+            except Exception:  # noqa: BLE001 - a listener must not break the updater
+                logger.exception("on_model_change failed after update %s", update_id)
         event = {"applied": "model_updated", "refused": "model_update_refused", "rolled_back": "model_rolled_back"}
         ev = {"update_id": update_id, "version": version, "duration_s": duration, "source": source,
               **({"reason": reason} if reason else {}), **(detail or {})}

@@ -203,9 +203,19 @@ def flowing(col, timeout: float = 10, n: int = 5) -> list[dict]:
 # -- end to end ---------------------------------------------------------------------------------
 def test_update_applied_while_running_without_losing_a_frame(bundles, loop_video, mosquitto, tmp_path):
     v1, v2 = version(bundles["v1"]), version(bundles["v2"])
-    col = collector(mosquitto.port)
-    dev = Device(device_config(bundles["v1"], loop_video, mosquitto.address, tmp_path), col)
+    col = Collector(mosquitto.port, ("edge/#", "homeassistant/#"))
+    assert col.wait_subscribed()
+    config = device_config(bundles["v1"], loop_video, mosquitto.address, tmp_path)
+    config.homeassistant.enabled = True
+    dev = Device(config, col)
+
+    def ha_model(c) -> str | None:  # the model the Home Assistant device card shows
+        cards = c.on(f"homeassistant/sensor/{DEVICE}/label/config")
+        return json.loads(cards[-1])["device"]["model"] if cards else None
+
     with dev:
+        name = load_manifest(bundles["v1"]).name
+        assert col.wait_for(lambda c: ha_model(c) == f"{name} {v1}")
         first = states(col)[0]
         assert first["active"]["version"] == v1 and first["previous"] is None and first["last_update"] is None
         out = publish_bundle(bundles["v2"], mosquitto.address, devices=[DEVICE], chunk_size="16k", wait_s=30)
@@ -213,6 +223,8 @@ def test_update_applied_while_running_without_losing_a_frame(bundles, loop_video
         assert out[0].version == v2 and out[0].duration_s > 0
         assert all(r["model"]["version"] == v2 for r in flowing(col, n=10))
         assert col.wait_for(lambda c: validate("metrics", c.on("/metrics"))[-1]["model"]["version"] == v2)
+        # the Home Assistant device card follows the swap
+        assert col.wait_for(lambda c: ha_model(c) == f"{load_manifest(bundles['v2']).name} {v2}")
     stats = dev.stats
     assert stats.ended_by == "stopped" and stats.extra["model_swaps"] == 1
     assert col.wait_for(lambda c: len(c.on(f"{DEVICE}/result")) >= stats.published)
