@@ -40,7 +40,7 @@ def update_policy(config: Config) -> UpdatePolicy:
         except ValueError as e:
             raise ConfigError(f"update.public_key: {e}") from e
     return UpdatePolicy(public_key=key, max_bytes=u.max_bytes, allow_input_change=u.allow_input_change,
-                        fleet=u.fleet, timeout_s=u.timeout_s)
+                        fleet=u.fleet, timeout_s=u.timeout_s, max_age_s=u.max_age_s)
 
 
 def ha_discovery(config: Config, topics: Topics, manifest=None) -> list:

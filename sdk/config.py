@@ -123,6 +123,9 @@ class UpdateSettings(_Strict):
         False, description="Accept a model whose input shape or colour differs from the running one.")
     fleet: bool = Field(True, description="Also accept updates on the fleet-wide topic <prefix>/v1/fleet/model/set.")
     timeout_s: float = Field(120.0, gt=0, description="Drop an incomplete update when no chunk arrived for this long.")
+    max_age_s: float = Field(
+        0.0, ge=0, description="With public_key: refuse signed commands created longer ago than this by the device's "
+                               "clock (0: no limit; signed commands must always be newer than the last one accepted).")
 
 
 class HomeAssistantSettings(_Strict):

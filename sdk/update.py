@@ -307,7 +307,18 @@ def new_update_id() -> str:
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def parse_created(value: str) -> datetime:
+    """A command's signed ``created`` time (ISO 8601 with a zone), or :class:`UpdateRefused`."""
+    try:
+        t = datetime.fromisoformat(value)
+    except (TypeError, ValueError) as e:
+        raise UpdateRefused(f"created {value!r} is not an ISO 8601 time") from e
+    if t.tzinfo is None:
+        raise UpdateRefused(f"created {value!r} has no time zone (e.g. +00:00)")
+    return t
 
 
 @dataclass
@@ -493,7 +504,7 @@ class ModelStore:
     @staticmethod
     def _empty() -> dict:
         return {"format": 1, "base": None, "active": None, "previous": None, "installed": [],
-                "last_update": None, "seen": []}
+                "last_update": None, "seen": [], "signed_created": None}
 
     def _read(self) -> dict:
         path = self.root / STATE_FILE
@@ -659,6 +670,8 @@ class UpdatePolicy:
     fleet: bool = True
     timeout_s: float = 120.0
     swap_timeout_s: float = 30.0
+    max_age_s: float = 0.0            # signed commands older than this are refused (0: no age limit)
+    clock_skew_s: float = 300.0       # with max_age_s: how far in the future a command's time may be
 
     @property
     def key_id(self) -> str | None:
@@ -871,13 +884,37 @@ class ModelUpdater:
                     begin.name, begin.version, a.size, a.chunks, source)
 
     def _check_authentic(self, cmd: Begin | Rollback, raw: dict, source: str) -> None:
-        """The signature (when required), then that the command is addressed to the topic it came on."""
+        """The signature (when required), that the command is addressed to the topic it came on,
+        and, for signed commands, that it is fresh (see :meth:`_check_fresh`)."""
         self._check_signature(raw)
         expected = self.topics.device if source == "device" else FLEET
         if cmd.to != expected:
             where = f"this device's topic ({self.topics.device})" if source == "device" else "the fleet topic"
             raise UpdateRefused(f"{cmd.kind} addressed to {cmd.to!r} arrived on {where}, which takes only "
                                 f"commands for {expected!r}")
+        if self.policy.public_key is not None:
+            self._check_fresh(cmd)
+
+    def _check_fresh(self, cmd: Begin | Rollback) -> None:
+        """Replay protection for signed commands, on their signed ``created`` time: it must be later
+        than that of every signed command accepted before (kept in ``active.json``, so it holds
+        across restarts and needs no clock on the device), and with ``update.max_age_s`` no older
+        than that by the device's clock."""
+        created = parse_created(cmd.created)
+        mark = self.store.state.get("signed_created")
+        if mark is not None and created <= parse_created(mark):
+            raise UpdateRefused(f"replayed or out-of-order {cmd.kind}: created {cmd.created} is not later than the "
+                                f"last accepted signed command ({mark})")
+        if self.policy.max_age_s > 0:
+            age = time.time() - created.timestamp()
+            if age > self.policy.max_age_s:
+                raise UpdateRefused(f"{cmd.kind} created {cmd.created} is {age:.0f} s old, more than "
+                                    f"update.max_age_s ({self.policy.max_age_s:g} s)")
+            if age < -self.policy.clock_skew_s:
+                raise UpdateRefused(f"{cmd.kind} created {cmd.created} is {-age:.0f} s in the future of this device's "
+                                    f"clock (more than {self.policy.clock_skew_s:g} s)")
+        self.store.state["signed_created"] = cmd.created
+        self.store.save()
 
     def _check_signature(self, raw: dict) -> None:
         if self.policy.public_key is not None:

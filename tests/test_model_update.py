@@ -360,6 +360,52 @@ def test_signed_commands_are_bound_to_their_target(bundles, loop_video, mosquitt
     col.close()
 
 
+def test_old_signed_commands_are_refused_as_replays(bundles, loop_video, mosquitto, tmp_path):
+    """A signed command must be newer than the last signed one accepted (kept in active.json, so
+    across restarts) and, with update.max_age_s, no older than that by the device's clock."""
+    from datetime import datetime, timedelta, timezone
+
+    v2 = version(bundles["v2"])
+    _, pub, _ = generate_keypair(tmp_path / "keys" / "ops")
+    key = load_private_key(tmp_path / "keys" / "ops.key")
+    archive, m2 = pack_bundle(bundles["v2"]), load_manifest(bundles["v2"])
+    old = device_update(archive, m2, sign_key=key, chunk_size=64 * 1024)  # captured earlier, never applied
+    time.sleep(0.01)
+    col = collector(mosquitto.port)
+    config = device_config(bundles["v1"], loop_video, mosquitto.address, tmp_path, public_key=str(pub))
+
+    def outcome(msgs, uid):
+        send(mosquitto.port, msgs)
+        return outcome_of(col, uid)["last_update"]
+
+    with Device(config, col):
+        new = device_update(archive, m2, sign_key=key, chunk_size=64 * 1024)
+        assert outcome(new.messages(T.model_set), new.update_id)["outcome"] == "applied"
+        lu = outcome(old.messages(T.model_set), old.update_id)
+        assert lu["outcome"] == "refused" and "replayed or out-of-order begin" in lu["reason"], lu
+        assert all(r["model"]["version"] == v2 for r in flowing(col))
+    with Device(config, col):  # the mark survives a restart
+        rb = make_rollback(to=DEVICE, sign_key=key, created=old.begin["created"])
+        lu = outcome([(T.model_set, json.dumps(rb).encode())], rb["update_id"])
+        assert lu["outcome"] == "refused" and "replayed or out-of-order rollback" in lu["reason"], lu
+        assert all(r["model"]["version"] == v2 for r in flowing(col))
+
+    now = datetime.now(timezone.utc)
+    fresh = device_config(bundles["v1"], loop_video, mosquitto.address, tmp_path / "fresh", public_key=str(pub),
+                          max_age_s=3600)
+    with Device(fresh, col):
+        for created, words in (((now - timedelta(hours=2)).isoformat(), "more than update.max_age_s (3600 s)"),
+                               ((now + timedelta(hours=1)).isoformat(), "in the future of this device's clock"),
+                               ("2026-01-01T00:00:00", "has no time zone")):
+            rb = make_rollback(to=DEVICE, sign_key=key, created=created)
+            lu = outcome([(T.model_set, json.dumps(rb).encode())], rb["update_id"])
+            assert lu["outcome"] == "refused" and words in lu["reason"], lu
+        # an old command refused for its age did not move the mark: a current one still passes the checks
+        rb = make_rollback(to=DEVICE, sign_key=key)
+        assert "no previous model" in outcome([(T.model_set, json.dumps(rb).encode())], rb["update_id"])["reason"]
+    col.close()
+
+
 def _tar_gz(entries) -> bytes:
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
