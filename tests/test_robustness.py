@@ -202,3 +202,19 @@ def test_noise_std_alone_is_noise_injection():
     noisy = aug(x, training=True).numpy()
     assert abs(noisy.mean() - 100) < 1 and 28 < noisy.std() < 32
     assert np.array_equal(aug(x, training=False).numpy(), x)
+
+
+def test_augmentation_differs_every_epoch():
+    """Each epoch iterates the tf.data pipeline afresh: seeded layers must not restart their random
+    sequence with it (GaussianNoise did, so every epoch saw the same noise)."""
+    from train._tf import tf
+    from train.config import AugmentConfig
+    from train.data_pipeline import make_augmenter
+
+    x = np.random.default_rng(0).uniform(0, 255, (8, 28, 28, 1)).astype(np.float32)
+    for cfg in ({"noise_std": 10}, {"hflip": True}, {"rotation": 10}, {"shift": 0.1}, {"elastic": 30}):
+        geometric = {"rotation": 0, "shift": 0, "zoom": 0, **cfg}
+        aug = make_augmenter(AugmentConfig(enabled=True, **geometric), (28, 28, 1), 0.0, 1)
+        ds = tf.data.Dataset.from_tensor_slices(x).batch(8).map(lambda b: aug(b, training=True))
+        first, second = (next(iter(ds)).numpy() for _ in range(2))
+        assert not np.allclose(first, second), f"{cfg}: the same augmentation in two epochs"

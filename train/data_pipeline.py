@@ -159,7 +159,9 @@ def make_augmenter(aug: AugmentConfig, image_shape: tuple[int, int, int], fill_v
     if aug.contrast:
         layers.append(L.RandomContrast(aug.contrast, seed=seed))
     if aug.noise_std:
-        layers.append(L.GaussianNoise(aug.noise_std, seed=seed))
+        # force_generator: a tf.random.Generator whose state carries over between epochs; without it
+        # the seeded op restarts with every new tf.data iterator and repeats its noise every epoch
+        layers.append(L.GaussianNoise(aug.noise_std, seed=seed, force_generator=True))
     if not layers:
         return None
     return keras.Sequential(layers, name="augment")
