@@ -153,6 +153,10 @@ def test_elastic_distortion_moves_strokes_locally(mnist_dir):
     assert np.median(shifts) < 2.0 and max(shifts) < 5.0, shifts
     ink = out.sum(axis=(1, 2, 3)) / x.sum(axis=(1, 2, 3))
     assert 0.8 < np.median(ink) < 1.2 and ink.min() > 0.4 and ink.max() < 2.0, ink
+    # colour images: every channel of the pixels pulled in from outside gets the fill value
+    rgb = np.full((2, 16, 16, 3), 100.0, np.float32)
+    warped = make_augmenter(cfg, (16, 16, 3), 100.0, seed=3)(rgb, training=True).numpy()
+    np.testing.assert_allclose(warped, 100.0, atol=1e-3)
     # seeded: the same seed gives the same distortions
     again = make_augmenter(cfg, (28, 28, 1), 0.0, seed=3)(x, training=True).numpy()
     np.testing.assert_array_equal(again, out)

@@ -102,7 +102,7 @@ def _elastic_layer_class():
                 field = self._rng.uniform(-1.0, 1.0, size=(h, w, 2)).astype(np.float32)
                 field = cv2.GaussianBlur(field, (0, 0), self.sigma) * self.alpha
                 warped = cv2.remap(batch[i], grid_x + field[..., 0], grid_y + field[..., 1], cv2.INTER_LINEAR,
-                                   borderMode=cv2.BORDER_CONSTANT, borderValue=self.fill_value)
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=(self.fill_value,) * 4)
                 out[i] = warped.reshape(batch.shape[1:])
             return out
 
