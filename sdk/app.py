@@ -38,8 +38,11 @@ def update_policy(config: Config) -> UpdatePolicy:
         try:
             key = load_public_key(u.public_key)
         except ValueError as e:
-            raise ConfigError(f"update.public_key: {e}") from e
-    return UpdatePolicy(public_key=key, max_bytes=u.max_bytes, allow_input_change=u.allow_input_change,
+            raise ConfigError(f"update.public_key: {e}. Model updates are applied only when signed: make the fleet's "
+                              "key pair on the host (python -m train.publish keygen keys/fleet), copy keys/fleet.pub "
+                              f"to {u.public_key} on the device (the private key stays on the host), or set "
+                              "update.enabled: false") from e
+    return UpdatePolicy(public_key=key, allow_unsigned=u.allow_unsigned, max_bytes=u.max_bytes, allow_input_change=u.allow_input_change,
                         fleet=u.fleet, timeout_s=u.timeout_s, max_age_s=u.max_age_s)
 
 
@@ -113,7 +116,7 @@ def run(config: Config, stop: threading.Event | None = None, status_stream: Text
         source = stack.enter_context(open_source(
             config.source, loop=config.loop, fps_cap=config.fps_cap, width=cam.width, height=cam.height,
             camera_fps=cam.fps, backend=cam.backend, backoff_min_s=cam.reconnect_min_s,
-            backoff_max_s=cam.reconnect_max_s))
+            backoff_max_s=cam.reconnect_max_s, open_timeout_s=cam.open_timeout_s, read_timeout_s=cam.read_timeout_s))
         publisher = None
         if config.mqtt.enabled:
             publisher = make_publisher(config, topics, bundle)
@@ -128,4 +131,11 @@ def run(config: Config, stop: threading.Event | None = None, status_stream: Text
                 updater.start()
                 stack.callback(updater.close)  # closed before the publisher: its last state gets flushed
             publisher.start()
-        return pipeline.run(stop)
+        stats = pipeline.run(stop)
+    # checked after the publisher closed: a short run may end before the first handshake did
+    if publisher is not None and publisher.fatal is not None:
+        raise publisher.fatal  # what was classified stays queued in the outbox for the next start
+    if publisher is not None:
+        stats.queued, stats.delivered = publisher.queued, publisher.delivered
+        stats.undelivered, stats.outbox = len(publisher.outbox), publisher.outbox.path
+    return stats

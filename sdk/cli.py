@@ -22,6 +22,15 @@ logger = logging.getLogger("sdk.cli")
 SUBCOMMANDS = ("validate-config", "bench")
 
 
+def summary(stats) -> dict:
+    """The last line ``edge-classify`` prints (stderr, JSON): ``results`` made; ``queued`` messages
+    put in the outbox (results, samples, events), ``delivered`` ones the broker acknowledged,
+    ``undelivered`` ones left in ``outbox`` for the next start (0 and null without MQTT)."""
+    return {"frames": stats.frames, "results": stats.published, "samples": stats.samples, "queued": stats.queued,
+            "delivered": stats.delivered, "undelivered": stats.undelivered, "outbox": stats.outbox,
+            "fps": round(stats.fps, 2), "ended_by": stats.ended_by}
+
+
 def _exit_code_table() -> str:
     return "exit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in sorted(EXIT_CODES.items()))
 
@@ -128,8 +137,7 @@ def _cmd_run(argv: Sequence[str]) -> int:
 
     status = sys.stderr if (sys.stderr.isatty() and not a.quiet) else None
     stats = run(config, stop=stop, status_stream=status)
-    print(json.dumps({"frames": stats.frames, "published": stats.published, "samples": stats.samples,
-                      "fps": round(stats.fps, 2), "ended_by": stats.ended_by}), file=sys.stderr)
+    print(json.dumps(summary(stats)), file=sys.stderr)
     return 0
 
 

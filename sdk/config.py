@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
-from .topics import FLEET
+from .topics import DEFAULT_PREFIX, FLEET, is_segment
 
 
 class _Strict(BaseModel):
@@ -32,6 +32,12 @@ class CameraSettings(_Strict):
     backend: Literal["auto", "v4l2", "gstreamer", "ffmpeg"] = Field("auto", description="OpenCV capture backend.")
     reconnect_min_s: float = Field(0.5, gt=0, description="First delay before reopening a dropped camera/stream.")
     reconnect_max_s: float = Field(30.0, gt=0, description="Longest delay between reopen attempts (doubling backoff).")
+    open_timeout_s: float = Field(
+        10.0, gt=0, description="Give up connecting to a stream (RTSP/HTTP) after this long; the attempt "
+                                "counts as failed and the next one follows the backoff.")
+    read_timeout_s: float = Field(
+        5.0, gt=0, description="A stream that sends no frame for this long is treated as dropped and reopened "
+                               "(FFmpeg's own default is 30 s). Keep it above the stream's frame interval.")
 
 
 class RuntimeSettings(_Strict):
@@ -75,7 +81,7 @@ class TlsConfig(_Strict):
 class MqttSettings(_Strict):
     enabled: bool = Field(True, description="Publish over MQTT (false: classify and log only).")
     broker: str = Field("localhost:1883", description="Broker HOST:PORT.")
-    topic_prefix: str = Field("edge", description="First topic level(s); topics are <prefix>/v1/<device>/...")
+    topic_prefix: str = Field(DEFAULT_PREFIX, description="First topic level(s); topics are <prefix>/v1/<device>/...")
     client_id: str | None = Field(None, description="MQTT client id (None: edgeclf-<device_id>).")
     keepalive: int = Field(30, ge=5, le=3600, description="MQTT keepalive in seconds.")
     username_env: str | None = Field("EDGECLF_MQTT_USERNAME", description="Environment variable holding the user name.")
@@ -112,8 +118,12 @@ class SamplingSettings(_Strict):
 class UpdateSettings(_Strict):
     enabled: bool = Field(True, description="Accept model updates on <prefix>/v1/<device>/model/set (needs MQTT).")
     public_key: str | None = Field(
-        None, description="ed25519 public key file (PEM, or the raw 32-byte key in base64). When set, unsigned or "
-                          "badly signed updates and rollbacks are refused.")
+        None, description="ed25519 public key file (PEM, or the raw 32-byte key in base64; made by `python -m "
+                          "train.publish keygen`). Only updates and rollbacks signed with its private key are "
+                          "applied. Without it every update is refused, unless allow_unsigned is true.")
+    allow_unsigned: bool = Field(
+        False, description="Apply unsigned updates when no public_key is set (lab only: anyone who may publish to "
+                           "the model/set topics can then replace the model). A warning is logged at start.")
     store_dir: str | None = Field(
         None, description="Where received bundles and active.json live (None: ~/.cache/edgeclf/models/<device_id>).")
     max_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Refuse update archives larger than this (bytes); "
@@ -126,6 +136,14 @@ class UpdateSettings(_Strict):
     max_age_s: float = Field(
         0.0, ge=0, description="With public_key: refuse signed commands created longer ago than this by the device's "
                                "clock (0: no limit; signed commands must always be newer than the last one accepted).")
+
+
+    @model_validator(mode="after")
+    def _signing(self) -> "UpdateSettings":
+        if self.allow_unsigned and self.public_key:
+            raise ValueError("allow_unsigned: true contradicts public_key (with a key, only signed updates are "
+                             "applied); remove one of them")
+        return self
 
 
 class HomeAssistantSettings(_Strict):
@@ -158,7 +176,7 @@ class Config(_Strict):
     @field_validator("device_id")
     @classmethod
     def _device_id(cls, v: str) -> str:
-        if not re.match(r"^[A-Za-z0-9_.-]+$", v):
+        if not is_segment(v):
             raise ValueError("device_id may hold letters, digits, '_', '-', '.' only")
         if v == FLEET:
             raise ValueError(f"device_id {FLEET!r} is reserved for the fleet-wide topics; choose another name")

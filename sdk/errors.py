@@ -57,6 +57,18 @@ class MqttConfigError(EdgeError, ValueError):
     exit_code = 9
 
 
+class BrokerCertificateError(MqttConfigError):
+    """The broker's TLS certificate does not verify: not signed by a trusted CA, expired, self-signed."""
+
+    exit_code = 10
+
+
+class BrokerHostnameError(MqttConfigError):
+    """The broker's TLS certificate is valid but issued for another host name (or IP address)."""
+
+    exit_code = 11
+
+
 EXIT_CODES = {
     0: "success (also after SIGTERM/SIGINT: queue flushed, status offline published)",
     1: "unexpected error (a bug: please report it with the log)",
@@ -68,4 +80,6 @@ EXIT_CODES = {
     ModelError.exit_code: "model file missing, corrupt, or not matching its manifest (sha256, shapes, dtypes)",
     RuntimeUnavailableError.exit_code: "no TFLite interpreter installed, or delegate library (libedgetpu) missing",
     MqttConfigError.exit_code: "MQTT settings unusable: broker address, TLS files, credentials",
+    BrokerCertificateError.exit_code: "the broker's TLS certificate is not trusted (unknown CA, expired, self-signed)",
+    BrokerHostnameError.exit_code: "the broker's TLS certificate is for another host name than the one connected to",
 }

@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Protocol
 
 import paho.mqtt.client as mqtt
 
-from .errors import MqttConfigError
+from .errors import BrokerCertificateError, BrokerHostnameError, MqttConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -149,15 +149,72 @@ class TlsSettings:
         if (self.certfile is None) != (self.keyfile is None):
             raise MqttConfigError("TLS client certificate needs both certfile and keyfile")
 
-    def apply(self, client: mqtt.Client) -> None:
-        """Check the files and switch ``client`` to TLS (server certificate always verified)."""
+    def context(self) -> ssl.SSLContext:
+        """A client context that verifies the broker's certificate against ``ca_certs`` (the system
+        CAs when None) and, unless ``insecure``, that it is issued for the host connected to."""
         self.check()
         try:
-            client.tls_set(ca_certs=self.ca_certs, certfile=self.certfile, keyfile=self.keyfile,
-                           cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca_certs)
+            if self.certfile:
+                ctx.load_cert_chain(self.certfile, self.keyfile)
         except (ssl.SSLError, ValueError, OSError) as e:
             raise MqttConfigError(f"TLS settings unusable: {e}") from e
+        ctx.check_hostname = not self.insecure
+        return ctx
+
+    def apply(self, client: mqtt.Client) -> "HandshakeLog":
+        """Check the files and switch ``client`` to TLS (server certificate always verified).
+        Returns the log of its handshake failures (see :meth:`refusal`)."""
+        ctx = self.context()
+        log = HandshakeLog()
+        ctx.sslsocket_class = log.socket_class()
+        client.tls_set_context(ctx)
         client.tls_insecure_set(self.insecure)
+        return log
+
+    def refusal(self, host: str, port: int, error: BaseException | None) -> MqttConfigError | None:
+        """The error to stop with when ``error`` (a failed handshake) means the broker's certificate
+        was refused: :class:`BrokerHostnameError` or :class:`BrokerCertificateError`; None otherwise."""
+        if not isinstance(error, ssl.SSLCertVerificationError):
+            return None
+        why = error.verify_message or str(error)
+        if error.verify_code in _HOSTNAME_MISMATCH:
+            return BrokerHostnameError(
+                f"TLS: the certificate of the MQTT broker {host}:{port} is not valid for the host name {host!r} "
+                f"({why}); connect to a name the certificate lists, or issue the broker a certificate for {host!r}")
+        trusted = f"the CA file {self.ca_certs}" if self.ca_certs else "the system's CA certificates"
+        return BrokerCertificateError(
+            f"TLS: the certificate of the MQTT broker {host}:{port} is not trusted ({why}): it does not verify "
+            f"against {trusted}; give the CA that signed the broker's certificate")
+
+
+_HOSTNAME_MISMATCH = (62, 64)  # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+
+
+class HandshakeLog:
+    """The last failed TLS handshake of a paho client. paho swallows the exception (its
+    ``on_connect_fail`` has no argument), so the client's SSL sockets record it here."""
+
+    def __init__(self) -> None:
+        self.last: ssl.SSLError | None = None
+
+    def socket_class(self) -> type[ssl.SSLSocket]:
+        log = self
+
+        class RecordingSSLSocket(ssl.SSLSocket):
+            def do_handshake(self, block: bool = False) -> None:
+                try:
+                    super().do_handshake(block)
+                except ssl.SSLError as e:
+                    log.last = e
+                    raise
+                log.last = None
+
+        return RecordingSSLSocket
+
+    def take(self) -> ssl.SSLError | None:
+        e, self.last = self.last, None
+        return e
 
 
 class MqttPublisher:
@@ -185,9 +242,13 @@ class MqttPublisher:
         self.window = window
         self.connects = 0
         self.disconnects = 0
-        self.sent = 0
-        self.not_sent = 0  # non-persistent messages skipped while offline
+        self.queued = 0      # persisted messages put in the outbox by this process
+        self.delivered = 0   # outbox messages the broker acknowledged (PUBACK) during this process, any run's
+        self.not_sent = 0    # non-persistent messages skipped while offline
         self.last_error: str | None = None
+        # The broker's certificate refused before any connection succeeded: connecting cannot work
+        # until the settings change, so the owner stops (sdk.run raises it, the CLIs exit with its code).
+        self.fatal: MqttConfigError | None = None
         self._connected = threading.Event()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -201,8 +262,8 @@ class MqttPublisher:
                         clean_session=clean_session)
         c.max_inflight_messages_set(window)
         c.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
-        if tls is not None:
-            tls.apply(c)
+        self.tls = tls
+        self._handshakes = tls.apply(c) if tls is not None else None
         if username is not None:
             c.username_pw_set(username, password)
         elif password is not None:
@@ -210,6 +271,7 @@ class MqttPublisher:
         if status_topic:
             c.will_set(status_topic, b"offline", qos=1, retain=True)
         c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
         c.on_message = self._on_message
@@ -239,7 +301,16 @@ class MqttPublisher:
         self.close()
 
     def wait_connected(self, timeout: float | None = None) -> bool:
-        return self._connected.wait(timeout)
+        """True once connected; False when ``timeout`` passes first or connecting cannot work (:attr:`fatal`)."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while not self._connected.is_set():
+            if self.fatal is not None:
+                return False
+            left = 0.1 if end is None else min(0.1, end - time.monotonic())
+            if left <= 0:
+                return False
+            self._connected.wait(left)
+        return True
 
     @property
     def connected(self) -> bool:
@@ -271,9 +342,7 @@ class MqttPublisher:
         if not self.connected and len(self.outbox) and self.last_error is None:
             self.wait_connected(timeout)  # still connecting (TLS handshake): give it the flush budget
         if self.connected:
-            if not self.flush(max(0.0, end - time.monotonic())):
-                logger.warning("closing with %d messages unsent; they stay queued in %s",
-                               self.queue_depth, self.outbox.path)
+            self.flush(max(0.0, end - time.monotonic()))
             if self.status_topic:
                 info = self.client.publish(self.status_topic, b"offline", qos=1, retain=True)
                 try:
@@ -288,6 +357,15 @@ class MqttPublisher:
         self.client.loop_stop()
         self.outbox.close()
         self._started = False
+        left = len(self.outbox)
+        if left:
+            why = self.last_error or ("the broker did not acknowledge them in time" if self.connects else
+                                      f"the broker {self.host}:{self.port} was never reached")
+            if self.outbox.path == ":memory:":
+                logger.warning("%d messages undelivered (%s) and lost: the outbox is in memory", left, why)
+            else:
+                logger.warning("%d messages undelivered (%s): kept in %s, sent at the next start", left, why,
+                               self.outbox.path)
 
     # -- publishing ----------------------------------------------------------------------
     def set_birth(self, birth: Iterable[Message]) -> None:
@@ -304,6 +382,7 @@ class MqttPublisher:
         data = payload.encode() if isinstance(payload, str) else bytes(payload)
         if persist:
             self.outbox.put(topic, data, qos, retain)
+            self.queued += 1
             self._wake.set()
         elif self.connected:
             self.client.publish(topic, data, qos=qos, retain=retain)
@@ -367,6 +446,19 @@ class MqttPublisher:
         self._connected.set()
         self._wake.set()
 
+    def _on_connect_fail(self, client, userdata) -> None:
+        error = self._handshakes.take() if self._handshakes is not None else None
+        if error is None:
+            return  # TCP weather (refused, unreachable): paho retries with backoff
+        refusal = self.tls.refusal(self.host, self.port, error)
+        self.last_error = str(refusal) if refusal else f"TLS handshake with {self.host}:{self.port} failed: {error}"
+        if refusal is not None and self.connects == 0 and self.fatal is None:
+            self.fatal = refusal
+            logger.error("%s", refusal)
+            self._wake.set()
+        else:  # after a first success (certificate rotation, a broker restart): keep queueing and retrying
+            logger.error("MQTT %s; retrying, %d messages queued", self.last_error, self.queue_depth)
+
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self._connected.is_set()
         self._connected.clear()
@@ -389,7 +481,7 @@ class MqttPublisher:
                 done.append(row)
         if done:
             self.outbox.delete(done)
-            self.sent += len(done)
+            self.delivered += len(done)
 
     def _send_loop(self) -> None:
         while not self._stop.is_set():

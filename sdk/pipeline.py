@@ -82,10 +82,17 @@ class PipelineSettings:
 
 @dataclass
 class RunStats:
+    """What a run did. ``published`` counts the results made and queued for publishing; what the
+    broker acknowledged is ``delivered`` (set by :func:`sdk.run` once the publisher closed)."""
+
     run_id: str
     frames: int = 0
     published: int = 0
     samples: int = 0
+    queued: int = 0          # messages put in the outbox by this run: results, samples, events
+    delivered: int = 0       # outbox messages the broker acknowledged during this run (earlier runs' included)
+    undelivered: int = 0     # left in the outbox at the end, sent at the next start
+    outbox: str | None = None
     dropped_frames: int = 0
     elapsed_s: float = 0.0
     fps: float = 0.0
@@ -193,6 +200,7 @@ class Pipeline:
             inference_ms={"p50": round(_pct(self._inf, 50), 3), "p95": round(_pct(self._inf, 95), 3)},
             dropped_frames=int(getattr(self.source, "dropped", 0)),
             queue_depth=int(getattr(pub, "queue_depth", 0)),
+            queued=int(getattr(pub, "queued", 0)), delivered=int(getattr(pub, "delivered", 0)),
             outbox_dropped=int(getattr(getattr(pub, "outbox", None), "dropped", 0)),
             source_reconnects=int(getattr(self.source, "reconnects", 0)),
             samples=s.selected if s else 0, samples_rate_limited=s.rate_limited if s else 0,
@@ -203,11 +211,13 @@ class Pipeline:
     def _status_line(self) -> None:
         if self.status_stream is None:
             return
-        q = getattr(self.publisher, "queue_depth", 0)
-        link = "up" if getattr(self.publisher, "connected", True) else "DOWN"
+        pub = self.publisher
+        q = getattr(pub, "queue_depth", 0)
+        link = "up" if getattr(pub, "connected", True) else "DOWN"
         line = (f"\r{self._fps():6.1f} fps | p50 {_pct(self._lat, 50):5.1f} ms p95 {_pct(self._lat, 95):5.1f} ms | "
                 f"last {self.stats.last_label} ({(self._last_score or 0):.2f}) | frames {self.stats.frames} "
-                f"dropped {getattr(self.source, 'dropped', 0)} | mqtt {link} queue {q}   ")
+                f"dropped {getattr(self.source, 'dropped', 0)} | mqtt {link} queued {getattr(pub, 'queued', 0)} "
+                f"delivered {getattr(pub, 'delivered', 0)} pending {q}   ")
         self.status_stream.write(line)
         self.status_stream.flush()
 
@@ -219,6 +229,9 @@ class Pipeline:
         last_label: str | None = None
         ended_by = "stopped"
         while not stop.is_set():
+            if getattr(self.publisher, "fatal", None) is not None:
+                ended_by = "broker_refused"  # the broker's certificate was refused: sdk.run raises it
+                break
             for kind, detail in self.source.events():
                 self._event(kind, detail)
             frame = self.source.read(0.5)

@@ -5,15 +5,22 @@ import re
 from dataclasses import dataclass
 
 CONTRACT_VERSION = "v1"
+DEFAULT_PREFIX = "edge"
 FLEET = "fleet"  # the device segment of the fleet-wide topics; not usable as a device id
-_SEGMENT = re.compile(r"^[A-Za-z0-9_.-]+$")
-_UPDATE_ID = re.compile(r"[0-9a-f]{8,64}")  # used with fullmatch ('$' would accept a trailing newline)
+# Every pattern here is used with fullmatch: '^...$' with match() accepts a trailing newline.
+_SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
+_UPDATE_ID = re.compile(r"[0-9a-f]{8,64}")
 _INDEX = re.compile(r"[0-9]{1,9}")
 
 
+def is_segment(value: object) -> bool:
+    """Whether ``value`` may be a topic segment (and a file name): letters, digits, ``_ - .``."""
+    return isinstance(value, str) and _SEGMENT.fullmatch(value) is not None
+
+
 def check_segment(value: str, what: str) -> str:
-    """A topic segment: no wildcards, no slashes, not empty."""
-    if not isinstance(value, str) or not _SEGMENT.match(value):
+    """A topic segment: no wildcards, no slashes, no control characters, not empty."""
+    if not is_segment(value):
         raise ValueError(f"invalid {what} {value!r}: use letters, digits, '_', '-', '.' (no '/', '+', '#')")
     return value
 
@@ -23,12 +30,11 @@ class Topics:
     """``{prefix}/v1/{device}/...``; ``prefix`` may hold slashes (``site/edge``)."""
 
     device: str
-    prefix: str = "edge"
+    prefix: str = DEFAULT_PREFIX
 
     def __post_init__(self) -> None:
         check_segment(self.device, "device id")
-        for part in self.prefix.split("/"):
-            check_segment(part, "topic prefix segment")
+        check_prefix(self.prefix)
 
     @property
     def base(self) -> str:
@@ -72,14 +78,37 @@ class Topics:
 
     def all_devices(self, kind: str) -> str:
         """Subscription filter for one kind of message from every device (e.g. ``result``)."""
-        return f"{self.prefix}/{CONTRACT_VERSION}/+/{kind}"
+        return all_devices(kind, self.prefix)
 
 
-def fleet_model_set(prefix: str = "edge") -> str:
-    """``{prefix}/v1/fleet/model/set``: model updates for every device."""
+def check_prefix(prefix: str) -> str:
+    """A topic prefix: one or more segments joined by ``/``."""
+    if not isinstance(prefix, str):
+        raise ValueError(f"invalid topic prefix {prefix!r}")
     for part in prefix.split("/"):
         check_segment(part, "topic prefix segment")
-    return f"{prefix}/{CONTRACT_VERSION}/{FLEET}/model/set"
+    return prefix
+
+
+def all_devices(kind: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """``{prefix}/v1/+/{kind}``: the subscription filter for one kind of message (``sample``,
+    ``model/state``, ...) from every device."""
+    return f"{check_prefix(prefix)}/{CONTRACT_VERSION}/+/{kind}"
+
+
+def device_of(topic: str, kind: str, prefix: str = DEFAULT_PREFIX) -> str | None:
+    """The device id in ``{prefix}/v1/{device}/{kind}``, or None when ``topic`` is not of that form
+    or its device segment is not a valid device id."""
+    head, tail = f"{prefix}/{CONTRACT_VERSION}/", f"/{kind}"
+    if not (topic.startswith(head) and topic.endswith(tail)) or len(topic) <= len(head) + len(tail):
+        return None
+    device = topic[len(head):-len(tail)]
+    return device if is_segment(device) and device != FLEET else None
+
+
+def fleet_model_set(prefix: str = DEFAULT_PREFIX) -> str:
+    """``{prefix}/v1/fleet/model/set``: model updates for every device."""
+    return f"{check_prefix(prefix)}/{CONTRACT_VERSION}/{FLEET}/model/set"
 
 
 def model_chunk(set_topic: str, update_id: str, index: int) -> str:

@@ -29,6 +29,7 @@ import queue
 import re
 import secrets
 import shutil
+import sys
 import tarfile
 import threading
 import time
@@ -479,9 +480,25 @@ def _safe_name(text: str) -> str:
 _BUNDLE_DIR = re.compile(r"[A-Za-z0-9._-]{1,64}-[0-9a-f]{8,12}")  # ModelStore.install's folder names
 
 
+def remove_tree(path: Path, what: str) -> bool:
+    """Delete the folder ``path`` (``what`` it holds, for the log); True when it is gone. A failure is
+    logged with its cause and the path, never reported as done."""
+    if not path.exists() and not path.is_symlink():
+        return True
+    errors: list[str] = []
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=lambda fn, p, e: errors.append(f"{p}: {e}"))
+    else:
+        shutil.rmtree(path, onerror=lambda fn, p, info: errors.append(f"{p}: {info[1]}"))
+    if errors or path.exists():
+        logger.error("could not delete %s %s (%s); it stays on disk", what, path, "; ".join(errors[:3]) or "still there")
+        return False
+    return True
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path, "a leftover folder")
     else:
         path.unlink(missing_ok=True)
 
@@ -633,20 +650,19 @@ class ModelStore:
         return update_id in self.state["seen"]
 
     def prune(self) -> None:
-        """Keep at most ``keep`` received bundles; never the active or the previous one."""
+        """Keep at most ``keep`` received bundles; never the active or the previous one. A folder that
+        cannot be deleted stays listed (and is tried again at the next prune)."""
         protected = {r["dir"] for r in (self.state["active"], self.state["previous"]) if r and r.get("dir")}
         installed = self.state["installed"]
-        while len(installed) > self.keep:
-            victim = next((d for d in installed if d not in protected), None)
-            if victim is None:
-                break
-            installed.remove(victim)
-            shutil.rmtree(self.root / victim, ignore_errors=True)
-            logger.info("pruned old model %s", victim)
+        excess = len(installed) - self.keep
+        for victim in [d for d in installed if d not in protected][:max(0, excess)]:
+            if remove_tree(self.root / victim, "the old model"):
+                installed.remove(victim)
+                logger.info("pruned old model %s", victim)
 
     def discard(self, dir_name: str) -> None:
         if dir_name not in {r["dir"] for r in (self.state["active"], self.state["previous"]) if r}:
-            shutil.rmtree(self.root / dir_name, ignore_errors=True)
+            remove_tree(self.root / dir_name, "the refused model")
 
 
 # -- the updater ------------------------------------------------------------------------------
@@ -664,7 +680,8 @@ class SwapTarget(Protocol):
 class UpdatePolicy:
     """How a device treats updates (built from ``config.update`` by :mod:`sdk.app`)."""
 
-    public_key: Any = None            # an ed25519 public key: unsigned / badly signed updates are refused
+    public_key: Any = None            # an ed25519 public key: only commands signed with it are applied
+    allow_unsigned: bool = False      # without public_key: apply unsigned commands (lab only); else refuse all
     max_bytes: int = DEFAULT_MAX_BYTES
     allow_input_change: bool = False
     fleet: bool = True
@@ -745,9 +762,18 @@ class ModelUpdater:
             self.publisher.subscribe(f"{self.fleet_set}/#", 1, self._on_message)
         self._thread.start()
         self._publish_state()
-        logger.info("model updates: listening on %s%s (signature %s)", self.device_set,
-                    f" and {self.fleet_set}" if self.fleet_set else "",
-                    f"required, key {self.policy.key_id}" if self.policy.public_key is not None else "not required")
+        if self.policy.public_key is not None:
+            logger.info("model updates: listening on %s%s (signature required, key %s)", self.device_set,
+                        f" and {self.fleet_set}" if self.fleet_set else "", self.policy.key_id)
+        elif self.policy.allow_unsigned:
+            logger.warning("model updates: update.allow_unsigned is true: UNSIGNED updates on %s%s are applied; anyone "
+                           "who may publish there can replace the model (set update.public_key instead)",
+                           self.device_set, f" and {self.fleet_set}" if self.fleet_set else "")
+        else:
+            logger.warning("model updates: no update.public_key, so every update on %s%s will be refused; install "
+                           "the fleet's public key (python -m train.publish keygen) and set update.public_key, or "
+                           "set update.enabled: false", self.device_set,
+                           f" and {self.fleet_set}" if self.fleet_set else "")
         return self
 
     def close(self) -> None:
@@ -919,6 +945,11 @@ class ModelUpdater:
     def _check_signature(self, raw: dict) -> None:
         if self.policy.public_key is not None:
             verify(raw, self.policy.public_key)
+        elif not self.policy.allow_unsigned:
+            raise UpdateRefused(f"{raw.get('kind', 'command')} refused: this device has no update.public_key to "
+                                "verify updates with (install the fleet's public key from `python -m train.publish "
+                                "keygen` and set update.public_key; update.allow_unsigned: true accepts unsigned "
+                                "updates, lab only)")
         elif raw.get("signature"):
             logger.warning("update %s is signed but this device has no update.public_key: signature not checked",
                            raw.get("update_id"))
@@ -1002,7 +1033,8 @@ class ModelUpdater:
             if digest != a.sha256:
                 raise UpdateRefused(f"archive sha256 {digest[:16]}... does not match the begin message's "
                                     f"{a.sha256[:16]}... (a corrupt or altered chunk)")
-            shutil.rmtree(incoming, ignore_errors=True)
+            if not remove_tree(incoming, "an earlier extraction"):
+                raise UpdateRefused(f"cannot clear the extraction folder {incoming.name} (see the device log)")
             safe_extract(p.path, incoming, EXTRACT_FACTOR * self.policy.max_bytes)
             try:
                 manifest = load_manifest(incoming)
@@ -1028,7 +1060,7 @@ class ModelUpdater:
                          p.started, p.source)
         finally:
             p.path.unlink(missing_ok=True)
-            shutil.rmtree(incoming, ignore_errors=True)
+            remove_tree(incoming, "the extracted update")
             if installed is not None:
                 self.store.discard(installed)
 

@@ -45,7 +45,9 @@ def _wait_port(port: int, timeout: float = 10.0) -> None:
 
 class Broker:
     def __init__(self, workdir: Path, conf_body: str = "allow_anonymous true\n", port: int | None = None,
-                 persistent: bool = False):
+                 persistent: bool = False, conf_text: str | None = None):
+        """``conf_text``: a whole mosquitto.conf (its listener must be on ``port``), instead of the one
+        built here from ``conf_body``."""
         if not Path(MOSQUITTO).exists():
             pytest.fail("mosquitto is not installed (apt-get install mosquitto mosquitto-clients)")
         self.workdir = Path(workdir)
@@ -57,8 +59,11 @@ class Broker:
         # persistent: sessions and queued QoS 1 messages survive a SIGKILL (saved on every change)
         persist = (f"persistence true\npersistence_location {self.workdir}/\nautosave_on_changes true\n"
                    "autosave_interval 1\n") if persistent else "persistence false\n"
-        self.conf.write_text(f"{user}{persist}log_dest file {self.log}\nlog_type all\n"
-                             f"per_listener_settings false\nlistener {self.port} 127.0.0.1\n{conf_body}")
+        if conf_text is not None:
+            self.conf.write_text(f"{user}log_dest file {self.log}\nlog_type all\n{conf_text}")
+        else:
+            self.conf.write_text(f"{user}{persist}log_dest file {self.log}\nlog_type all\n"
+                                 f"per_listener_settings false\nlistener {self.port} 127.0.0.1\n{conf_body}")
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Broker":
@@ -76,6 +81,10 @@ class Broker:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(5)
+
+    def freeze(self) -> None:
+        """SIGSTOP: a broker that hangs (accepts nothing, acknowledges nothing)."""
+        self.proc.send_signal(signal.SIGSTOP)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -106,7 +115,8 @@ class Pki:
     client_key: Path
 
 
-def make_pki(d: Path) -> Pki:
+def make_pki(d: Path, server_hosts: tuple[str, ...] = ("localhost", "127.0.0.1"), ca_name: str = "edgeclf test CA") -> Pki:
+    """A CA, a server certificate for ``server_hosts`` (names or IP addresses) and a client certificate."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -123,7 +133,7 @@ def make_pki(d: Path) -> Pki:
                                            serialization.NoEncryption()))
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(name("edgeclf test CA")).issuer_name(name("edgeclf test CA"))
+    ca = (x509.CertificateBuilder().subject_name(name(ca_name)).issuer_name(name(ca_name))
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
           .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=2))
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -145,8 +155,13 @@ def make_pki(d: Path) -> Pki:
             b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
         return b.sign(ca_key, hashes.SHA256()), key
 
-    server, server_key = leaf("localhost", ExtendedKeyUsageOID.SERVER_AUTH,
-                              [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    def san(host):
+        try:
+            return x509.IPAddress(ipaddress.ip_address(host))
+        except ValueError:
+            return x509.DNSName(host)
+
+    server, server_key = leaf(server_hosts[0], ExtendedKeyUsageOID.SERVER_AUTH, [san(h) for h in server_hosts])
     client, client_key = leaf("dev1", ExtendedKeyUsageOID.CLIENT_AUTH)
     pki = Pki(d / "ca.pem", d / "server.pem", d / "server.key", d / "client.pem", d / "client.key")
     pki.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
@@ -157,32 +172,58 @@ def make_pki(d: Path) -> Pki:
     return pki
 
 
-USERS = {"dev1": "dev1-secret", "reader": "reader-secret"}
-ACL = """\
-user dev1
-topic write edge/v1/dev1/#
-topic write homeassistant/#
-user reader
-topic read edge/#
-topic read homeassistant/#
-"""
+USERS = {"dev1": "dev1-secret", "dev2": "dev2-secret", "ops": "ops-secret", "collector": "collector-secret",
+         "reader": "reader-secret"}
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "mosquitto"
+# The ACL the project ships and documents (examples/mosquitto/acl, docs/mqtt.md): devices dev1 and
+# dev2 are users named after their device ids.
+ACL = (EXAMPLES / "acl").read_text()
 
 
-def secure_broker(workdir: Path) -> tuple[Broker, Pki]:
+def shipped_broker(workdir: Path) -> tuple[Broker, Pki]:
+    """mosquitto run with the project's examples/mosquitto/mosquitto.conf and acl, only the paths
+    and the port changed: TLS with client certificates, passwords, the fleet ACL, persistence."""
     workdir.mkdir(parents=True, exist_ok=True)
     pki = make_pki(workdir / "pki")
-    passwd = workdir / "passwd"
-    for i, (user, pw) in enumerate(USERS.items()):
+    passwd, acl, db = workdir / "passwd", workdir / "acl", workdir / "db"
+    db.mkdir(exist_ok=True)
+    _write_passwords(passwd, USERS)
+    acl.write_text(ACL)
+    for p in (passwd, acl):
+        p.chmod(0o600)
+    port = free_port()
+    conf = (EXAMPLES / "mosquitto.conf").read_text()
+    for old, new in (("/var/lib/mosquitto/", f"{db}/"), ("/etc/mosquitto/passwd", str(passwd)),
+                     ("/etc/mosquitto/acl", str(acl)), ("/etc/mosquitto/certs/ca.pem", str(pki.ca)),
+                     ("/etc/mosquitto/certs/server.pem", str(pki.server_cert)),
+                     ("/etc/mosquitto/certs/server.key", str(pki.server_key)),
+                     ("listener 8883", f"listener {port} 127.0.0.1")):
+        assert old in conf, old
+        conf = conf.replace(old, new)
+    return Broker(workdir, port=port, conf_text=conf), pki
+
+
+def _write_passwords(passwd: Path, users: dict[str, str]) -> None:
+    for i, (user, pw) in enumerate(users.items()):
         args = ["mosquitto_passwd", "-b"] + (["-c"] if i == 0 else []) + [str(passwd), user, pw]
         subprocess.run(args, check=True, capture_output=True)
+
+
+def secure_broker(workdir: Path, pki: Pki | None = None, acl_text: str = ACL, users: dict[str, str] = USERS,
+                  persistent: bool = False) -> tuple[Broker, Pki]:
+    """mosquitto with TLS (``pki``'s server certificate, client certificates required), passwords and an ACL."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    pki = pki or make_pki(workdir / "pki")
+    passwd = workdir / "passwd"
+    _write_passwords(passwd, users)
     acl = workdir / "acl"
-    acl.write_text(ACL)
+    acl.write_text(acl_text)
     for p in (passwd, acl):
         p.chmod(0o600)
     body = (f"cafile {pki.ca}\ncertfile {pki.server_cert}\nkeyfile {pki.server_key}\n"
             f"require_certificate true\ntls_version tlsv1.2\nallow_anonymous false\n"
             f"password_file {passwd}\nacl_file {acl}\n")
-    return Broker(workdir, body), pki
+    return Broker(workdir, body, persistent=persistent), pki
 
 
 @pytest.fixture

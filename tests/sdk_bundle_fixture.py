@@ -147,6 +147,23 @@ def write_int8_bundle(model, calibration: np.ndarray, out_dir: Path, *, name: st
     return interp
 
 
+def write_float_bundle(model, like: Path, out_dir: Path, *, version: str) -> Path:
+    """``model`` converted to a float32 TFLite model (no quantization), as a bundle that claims the
+    name, input (shape, colour, preprocessing), labels and output activation of the bundle ``like``."""
+    from train._tf import tf
+
+    tflite = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MODEL_FILE).write_bytes(tflite)
+    shutil.copy(like / LABELS_FILE, out_dir / LABELS_FILE)
+    base = load_manifest(like)
+    write_manifest(out_dir, base.model_copy(update={
+        "version": version, "sha256": sha256_file(out_dir / MODEL_FILE), "size_bytes": len(tflite),
+        "input": base.input.model_copy(update={"dtype": "float32", "quantization": None}),
+        "output": base.output.model_copy(update={"dtype": "float32", "quantization": None})}))
+    return out_dir
+
+
 def cached_bundle(cache_root: Path, mnist_dir: Path) -> Path:
     """The bundle from the cache when it is intact, else a freshly built one."""
     out = cache_root / FIXTURE_VERSION

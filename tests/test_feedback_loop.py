@@ -28,9 +28,11 @@ DEVICE = "cam-7"
 
 
 def _config(bundle, video, broker, tmp_path, name, **kw) -> Config:
+    """The device trusts the fleet key ``tmp_path/keys/fleet.pub`` (made by the test)."""
     return Config(device_id=DEVICE, source=f"video:{video}", model=str(bundle),
                   mqtt={"broker": broker, "outbox_path": str(tmp_path / f"outbox-{name}.sqlite"), "reconnect_min_s": 0.2},
-                  update={"store_dir": str(tmp_path / "device-models")}, metrics_interval_s=1.0, **kw)
+                  update={"store_dir": str(tmp_path / "device-models"), "public_key": str(tmp_path / "keys" / "fleet.pub")},
+                  metrics_interval_s=1.0, **kw)
 
 
 def _accuracy_by_version(results: list[dict], truth: np.ndarray) -> dict[str, tuple[float, int]]:
@@ -47,6 +49,9 @@ def test_uncertain_frames_to_labels_to_retrained_model_on_the_device(small_run, 
     from train.feedback import FeedbackStore
     from train.publish import publish_bundle
     from train.retrain import RetrainSettings, retrain
+    from sdk.update import generate_keypair
+
+    sign_key, _, _ = generate_keypair(tmp_path / "keys" / "fleet")  # as `python -m train.publish keygen` does
 
     # The model devices run today: version 1, exported for a Raspberry Pi.
     v1 = export_bundle("rpi", small_run, tmp_path / "bundle-v1", name="digits", version="1", latency_runs=20).bundle_dir
@@ -100,7 +105,7 @@ def test_uncertain_frames_to_labels_to_retrained_model_on_the_device(small_run, 
             return [json.loads(p) for p in results.on("/result")]
 
         assert results.wait_for(lambda c: len(c.on("/result")) >= 2 * len(held_out), timeout=60)
-        outcomes = publish_bundle(res.bundle, mosquitto.address, devices=[DEVICE], wait_s=60)
+        outcomes = publish_bundle(res.bundle, mosquitto.address, devices=[DEVICE], wait_s=60, sign_key=sign_key)
         assert [o.outcome for o in outcomes] == ["applied"], [o.line() for o in outcomes]
         assert results.wait_for(
             lambda c: sum(json.loads(p)["model"]["version"] == "2" for p in c.on("/result")) >= 2 * len(held_out),

@@ -7,6 +7,7 @@ last two are built once and cached in pytest's cache directory like the fixture.
 from __future__ import annotations
 
 import base64
+import hashlib
 import gzip
 import io
 import json
@@ -16,15 +17,18 @@ import stat
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import jsonschema
 import numpy as np
 import pytest
 
 from mqtt_fixtures import Broker, Collector, mosquitto  # noqa: F401  (fixture)
+from contract import validate
 from sdk_bundle_fixture import load_mnist, sdk_bundle, small_cnn, write_int8_bundle  # noqa: F401  (fixture)
 from videos import write_digit_video
 
@@ -33,7 +37,7 @@ from sdk.bundle import MODEL_FILE, BundleError, load_manifest, verify_bundle
 from sdk.config import Config, config_from_dict
 from sdk.errors import ConfigError
 from sdk.messages import load_schema
-from sdk.mqtt import MqttPublisher, Outbox
+from sdk.mqtt import MqttPublisher, Outbox, TlsSettings
 from sdk.topics import Topics, parse_model_chunk
 from sdk.update import (ModelStore, UpdateRefused, generate_keypair, key_id, load_private_key, load_public_key, make_rollback,
                         make_update, pack_bundle, safe_extract, sign, verify)
@@ -45,8 +49,20 @@ UPDATE_FIXTURE = "model-update-1"
 T = Topics(DEVICE)
 
 
+_FLEET: dict = {}
+
+
+def fleet_key() -> tuple:
+    """The test fleet's ed25519 key pair, made once: ``(private key, public key file)``. Devices
+    refuse unsigned updates by default, so the end-to-end tests sign like a real fleet does."""
+    if not _FLEET:
+        priv, pub, _ = generate_keypair(Path(tempfile.mkdtemp(prefix="edgeclf-fleet-")) / "fleet")
+        _FLEET.update(key=load_private_key(priv), pub=pub)
+    return _FLEET["key"], _FLEET["pub"]
+
+
 def device_update(*args, **kw):
-    """``make_update`` addressed to the test device (``to`` may be given)."""
+    """``make_update`` addressed to the test device (``to`` may be given), unsigned unless ``sign_key``."""
     return make_update(*args, **{"to": DEVICE, **kw})
 
 
@@ -110,6 +126,10 @@ def loop_video(tmp_path_factory, mnist_dir):
 
 # -- a device running sdk.run in a thread ------------------------------------------------------
 def device_config(bundle, video, broker, tmp_path, *, mqtt=None, **update) -> Config:
+    """The test device; it trusts :func:`fleet_key` unless ``update`` says otherwise (``public_key``,
+    ``allow_unsigned``)."""
+    if "public_key" not in update and not update.get("allow_unsigned"):
+        update["public_key"] = str(fleet_key()[1])
     return Config(device_id=DEVICE, source=f"video:{video}", loop=True, fps_cap=25, model=str(bundle),
                   mqtt={"broker": broker, "outbox_path": str(tmp_path / "outbox.sqlite"), "reconnect_min_s": 0.2,
                         "reconnect_max_s": 1.0, **(mqtt or {})},
@@ -152,20 +172,6 @@ def collector(port) -> Collector:
     col = Collector(port, ("edge/#",))
     assert col.wait_subscribed()
     return col
-
-
-_VALIDATORS: dict[str, jsonschema.Draft202012Validator] = {}
-
-
-def validate(kind: str, payloads) -> list[dict]:
-    if kind not in _VALIDATORS:
-        _VALIDATORS[kind] = jsonschema.Draft202012Validator(load_schema(kind))
-    out = []
-    for p in payloads:
-        msg = json.loads(p)
-        _VALIDATORS[kind].validate(msg)
-        out.append(msg)
-    return out
 
 
 def states(col) -> list[dict]:
@@ -218,7 +224,8 @@ def test_update_applied_while_running_without_losing_a_frame(bundles, loop_video
         assert col.wait_for(lambda c: ha_model(c) == f"{name} {v1}")
         first = states(col)[0]
         assert first["active"]["version"] == v1 and first["previous"] is None and first["last_update"] is None
-        out = publish_bundle(bundles["v2"], mosquitto.address, devices=[DEVICE], chunk_size="16k", wait_s=30)
+        out = publish_bundle(bundles["v2"], mosquitto.address, devices=[DEVICE], chunk_size="16k", wait_s=30,
+                             sign_key=fleet_key()[0])
         assert [(o.device, o.outcome) for o in out] == [(DEVICE, "applied")], out
         assert out[0].version == v2 and out[0].duration_s > 0
         assert all(r["model"]["version"] == v2 for r in flowing(col, n=10))
@@ -254,7 +261,7 @@ def test_restart_rollback_and_fallback(bundles, loop_video, mosquitto, tmp_path)
     col = collector(mosquitto.port)
     cfg = device_config(bundles["v1"], loop_video, mosquitto.address, tmp_path)
     with Device(cfg, col):
-        out = publish_bundle(bundles["v2"], mosquitto.address, devices=[DEVICE], wait_s=30)
+        out = publish_bundle(bundles["v2"], mosquitto.address, devices=[DEVICE], wait_s=30, sign_key=fleet_key()[0])
         assert out[0].outcome == "applied", out
     store = tmp_path / "store"
     active = json.loads((store / "active.json").read_text())["active"]
@@ -265,12 +272,12 @@ def test_restart_rollback_and_fallback(bundles, loop_video, mosquitto, tmp_path)
         assert results(col)[0]["model"]["version"] == v2
         s0 = states(col)[0]
         assert s0["active"]["version"] == v2 and s0["previous"]["version"] == v1
-        back = rollback(mosquitto.address, devices=[DEVICE], wait_s=30)
+        back = rollback(mosquitto.address, devices=[DEVICE], wait_s=30, sign_key=fleet_key()[0])
         assert [(o.outcome, o.version) for o in back] == [("rolled_back", v1)], back
         assert all(r["model"]["version"] == v1 for r in flowing(col))
         s = outcome_of(col, back[0].update_id)
         assert s["active"]["version"] == v1 and s["previous"]["version"] == v2
-        again = rollback(mosquitto.address, devices=[DEVICE], wait_s=30)  # rollback toggles
+        again = rollback(mosquitto.address, devices=[DEVICE], wait_s=30, sign_key=fleet_key()[0])  # it toggles
         assert again[0].outcome == "rolled_back" and again[0].version == v2
         assert all(r["model"]["version"] == v2 for r in flowing(col))
     assert "model_rolled_back" in {e["event"] for e in validate("event", col.on("/event"))}
@@ -425,7 +432,10 @@ def test_bad_updates_are_refused_and_the_old_model_keeps_running(bundles, loop_v
     m2 = load_manifest(bundles["v2"])
     archive = pack_bundle(bundles["v2"])
     col = collector(mosquitto.port)
-    cfg = device_config(bundles["v1"], loop_video, mosquitto.address, tmp_path, timeout_s=1.5, max_bytes=4_000_000)
+    # The content checks sit behind the signature check: a lab device that accepts unsigned updates
+    # (update.allow_unsigned) runs every one of them on the raw messages built here.
+    cfg = device_config(bundles["v1"], loop_video, mosquitto.address, tmp_path, timeout_s=1.5, max_bytes=4_000_000,
+                        allow_unsigned=True)
 
     def copy_v2(name, edit):
         d = tmp_path / name
@@ -503,7 +513,7 @@ def test_bad_updates_are_refused_and_the_old_model_keeps_running(bundles, loop_v
 def test_fleet_topic_reaches_the_device(bundles, loop_video, mosquitto, tmp_path):
     col = collector(mosquitto.port)
     with Device(device_config(bundles["v1"], loop_video, mosquitto.address, tmp_path), col):
-        out = publish_bundle(bundles["v2"], mosquitto.address, fleet=True, wait_s=30)
+        out = publish_bundle(bundles["v2"], mosquitto.address, fleet=True, wait_s=30, sign_key=fleet_key()[0])
         assert [(o.device, o.outcome) for o in out] == [(DEVICE, "applied")], out
         assert outcome_of(col, out[0].update_id)["last_update"]["source"] == "fleet"
         assert all(r["model"]["version"] == version(bundles["v2"]) for r in flowing(col))
@@ -515,7 +525,7 @@ def test_persistent_session_gets_an_update_published_while_offline(bundles, loop
     cfg = device_config(bundles["v1"], loop_video, mosquitto.address, tmp_path, mqtt={"persistent_session": True})
     with Device(cfg, col):
         pass  # the broker now holds the device's session and subscriptions
-    out = publish_bundle(bundles["v2"], mosquitto.address, devices=[DEVICE])  # the device is offline
+    out = publish_bundle(bundles["v2"], mosquitto.address, devices=[DEVICE], sign_key=fleet_key()[0])  # offline
     assert [o.outcome for o in out] == ["sent"]
     with Device(cfg, col):
         s = outcome_of(col, out[0].update_id)
@@ -760,6 +770,52 @@ def test_store_keeps_the_active_and_previous_bundles_and_prunes_older(bundles, t
     assert again.active is None
 
 
+def _undeletable(folder: Path) -> Callable[[], None]:
+    """Make the files in ``folder`` impossible to delete (chattr +i as root, a read-only folder
+    otherwise); returns the undo."""
+    if os.geteuid() == 0:
+        files = [str(p) for p in folder.iterdir()]
+        if subprocess.run(["chattr", "+i", *files], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not supported on this file system")
+        return lambda: subprocess.run(["chattr", "-i", *files], check=True)
+    folder.chmod(0o500)
+    return lambda: folder.chmod(0o700)
+
+
+def test_a_model_folder_that_cannot_be_deleted_is_logged_not_reported_pruned(bundles, tmp_path, caplog):
+    store = ModelStore(tmp_path / "store", keep=2)
+    m = load_manifest(bundles["v2"])
+    current = {"name": m.name, "version": "base", "sha256": m.sha256, "update_id": None, "dir": None}
+    names = []
+    for i in range(2):
+        src = tmp_path / f"in{i}"
+        shutil.copytree(bundles["v2"], src)
+        names.append(store.install(src, m, f"{i:08x}"))
+        ref = {**current, "version": f"v{i}", "update_id": f"{i:08x}", "dir": names[-1]}
+        store.activate(ref, current)
+        current = ref
+    undo = _undeletable(store.root / names[0])
+    try:
+        with caplog.at_level("INFO", logger="sdk.update"):
+            for i in (2, 3):  # two more: names[0] (neither active nor previous) must go, but cannot
+                src = tmp_path / f"in{i}"
+                shutil.copytree(bundles["v2"], src)
+                ref = {**current, "version": f"v{i}", "update_id": f"{i:08x}",
+                       "dir": store.install(src, m, f"{i:08x}")}
+                store.activate(ref, current)
+                current = ref
+        logs = [r.getMessage() for r in caplog.records]
+        assert any(f"could not delete the old model {store.root / names[0]}" in t
+                   and ("Operation not permitted" in t or "Permission denied" in t) for t in logs), logs
+        assert not any(f"pruned old model {names[0]}" in t for t in logs), logs
+        assert names[0] in store.state["installed"] and (store.root / names[0]).is_dir()  # still listed: tried again
+        assert any(f"pruned old model {names[1]}" in t for t in logs)  # the next one went instead
+    finally:
+        undo()
+    store.prune()  # deletable again: the next prune removes it
+    assert names[0] not in store.state["installed"] and not (store.root / names[0]).exists()
+
+
 def test_subscriptions_are_renewed_after_a_broker_restart(tmp_path):
     broker = Broker(tmp_path / "b").start()
     got = []
@@ -814,3 +870,149 @@ def test_store_start_up_removes_leftovers_but_not_the_active_or_previous_bundle(
     (root / "active.json").write_text("{broken")  # unreadable: no bundle folder is removed
     ModelStore(root, keep=3)
     assert {active, previous, "v9-0123456789ab"} <= {p.name for p in root.iterdir()}
+
+
+# -- secure by default -----------------------------------------------------------------------------
+def test_shipped_configs_apply_only_signed_updates():
+    for path in sorted((REPO / "firmware_configs").glob("*.yaml")):
+        u = config_from_dict(__import__("yaml").safe_load(path.read_text()), str(path)).update
+        assert u.enabled and u.public_key == "/etc/edgeclf/update.pub" and not u.allow_unsigned, path
+
+
+def test_without_a_key_every_update_is_refused_and_the_model_keeps_running(bundles, loop_video, mosquitto,
+                                                                         tmp_path, caplog):
+    """The default device (no update.public_key, allow_unsigned false) refuses unsigned and signed
+    updates alike, says why on model/state, and warns at start that updates will be refused."""
+    v1 = version(bundles["v1"])
+    col = collector(mosquitto.port)
+    cfg = device_config(bundles["v1"], loop_video, mosquitto.address, tmp_path, public_key=None)
+    assert cfg.update.public_key is None and not cfg.update.allow_unsigned
+    with caplog.at_level("WARNING", logger="sdk.update"), Device(cfg, col):
+        assert any("every update" in r.getMessage() and "will be refused" in r.getMessage() for r in caplog.records)
+        for key in (None, fleet_key()[0]):
+            out = publish_bundle(bundles["v2"], mosquitto.address, devices=[DEVICE], wait_s=20, sign_key=key)
+            assert [o.outcome for o in out] == ["refused"], out
+            assert "no update.public_key" in out[0].reason and "keygen" in out[0].reason, out[0].reason
+            state = outcome_of(col, out[0].update_id)
+            assert state["active"]["version"] == v1 and state["last_update"]["outcome"] == "refused"
+            assert all(r["model"]["version"] == v1 for r in flowing(col))
+        back = rollback(mosquitto.address, devices=[DEVICE], wait_s=20)
+        assert back[0].outcome == "refused" and "no update.public_key" in back[0].reason
+    col.close()
+
+
+def test_allow_unsigned_applies_unsigned_updates_with_a_warning(bundles, loop_video, mosquitto, tmp_path, caplog):
+    col = collector(mosquitto.port)
+    cfg = device_config(bundles["v1"], loop_video, mosquitto.address, tmp_path, allow_unsigned=True)
+    assert cfg.update.public_key is None
+    with caplog.at_level("WARNING", logger="sdk.update"), Device(cfg, col):
+        assert any("UNSIGNED updates" in r.getMessage() for r in caplog.records)
+        out = publish_bundle(bundles["v2"], mosquitto.address, devices=[DEVICE], wait_s=30)
+        assert [o.outcome for o in out] == ["applied"], out
+    col.close()
+    with pytest.raises(ConfigError, match="allow_unsigned: true contradicts public_key"):
+        config_from_dict({"update": {"allow_unsigned": True, "public_key": "/etc/edgeclf/update.pub"}})
+
+
+# -- the smoke test, over MQTT ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def broken_bundles(bundles, tmp_path_factory) -> dict[str, Path]:
+    """Bundles whose sha256 and (when sent) signature are valid, but whose model does not work:
+    one that does not load, one whose outputs are NaN, one whose 'softmax' outputs do not sum to 1."""
+    from sdk_bundle_fixture import write_float_bundle
+    from train._tf import keras, tf
+
+    root = tmp_path_factory.mktemp("broken")
+    unloadable = root / "unloadable"
+    shutil.copytree(bundles["v2"], unloadable)
+    junk = b"TFL3" + bytes(range(256)) * 64  # not a flatbuffer model
+    (unloadable / MODEL_FILE).write_bytes(junk)
+    m = load_manifest(unloadable)
+    (unloadable / "manifest.json").write_text(m.model_copy(update={
+        "version": "unloadable", "sha256": hashlib.sha256(junk).hexdigest(), "size_bytes": len(junk)}).model_dump_json())
+
+    def net(last):
+        return keras.Sequential([keras.layers.Input((28, 28, 1)), keras.layers.Rescaling(1 / 255),
+                                 keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax"), last])
+
+    # sqrt(p - 2) of a probability p: NaN for every class
+    nan = write_float_bundle(net(keras.layers.Lambda(lambda p: tf.sqrt(p - 2.0))), bundles["v2"], root / "nan",
+                             version="nan")
+    # probabilities plus 1: finite, one per label, but summing to 11, not a softmax
+    shifted = write_float_bundle(net(keras.layers.Lambda(lambda p: p + 1.0)), bundles["v2"], root / "shifted",
+                                 version="not-softmax")
+    return {"unloadable": unloadable, "nan": nan, "not_softmax": shifted}
+
+
+def test_updates_that_fail_the_smoke_test_are_refused_over_mqtt(bundles, broken_bundles, loop_video, mosquitto,
+                                                               tmp_path):
+    v1 = version(bundles["v1"])
+    col = collector(mosquitto.port)
+    cases = {"unloadable": ["does not load here"], "nan": ["smoke test", "not finite"],
+             "not_softmax": ["smoke test", "softmax outputs sum to 11", "not 1"]}
+    with Device(device_config(bundles["v1"], loop_video, mosquitto.address, tmp_path), col):
+        for name, words in cases.items():
+            out = publish_bundle(broken_bundles[name], mosquitto.address, devices=[DEVICE], wait_s=30,
+                                 sign_key=fleet_key()[0])
+            assert [o.outcome for o in out] == ["refused"], (name, out)
+            state = outcome_of(col, out[0].update_id)
+            assert state["last_update"]["outcome"] == "refused" and state["active"]["version"] == v1, (name, state)
+            assert all(w in state["last_update"]["reason"] for w in words), (name, state["last_update"]["reason"])
+            assert all(r["model"]["version"] == v1 for r in flowing(col)), name  # the old model keeps classifying
+    events = [e for e in validate("event", col.on(f"{DEVICE}/event")) if e["event"] == "model_update_refused"]
+    assert len(events) == len(cases)
+    leftovers = [p.name for p in (tmp_path / "store").iterdir() if p.name not in ("active.json", ".staging")]
+    assert leftovers == []  # nothing of a refused bundle stays in the store
+    col.close()
+
+
+# -- through the broker a fleet runs: TLS, passwords, the shipped ACL ---------------------------------
+def test_signed_update_through_tls_passwords_and_the_shipped_acl(bundles, loop_video, tmp_path, monkeypatch):
+    """mosquitto with examples/mosquitto/mosquitto.conf and acl (the documented ones): the device
+    (user dev1) reads its own model/set and the fleet topic and nothing of dev2's; ops (train.publish)
+    rolls out a signed update over TLS and sees the outcome; results then carry the new version."""
+    from mqtt_fixtures import USERS, shipped_broker
+
+    broker, pki = shipped_broker(tmp_path / "broker")
+    broker.start()
+    v2 = version(bundles["v2"])
+    tls = TlsSettings(str(pki.ca), str(pki.client_cert), str(pki.client_key))
+    creds = {"pki": pki}
+    reader = Collector(broker.port, ("edge/#",), **creds, username="reader", password=USERS["reader"])
+    # dev1's credentials, trying to read everything of dev2 (and every device's results)
+    snoop = Collector(broker.port, ("edge/v1/dev2/#", "edge/v1/+/result", "edge/v1/+/model/set/#"), **creds,
+                      username="dev1", password=USERS["dev1"])
+    assert reader.wait_subscribed() and snoop.wait_subscribed(), (reader.refused, snoop.refused)
+    monkeypatch.setenv("EDGECLF_MQTT_USERNAME", "dev1")
+    monkeypatch.setenv("EDGECLF_MQTT_PASSWORD", USERS["dev1"])
+    cfg = device_config(bundles["v1"], loop_video, f"localhost:{broker.port}", tmp_path,
+                        mqtt={"tls": {"enabled": True, "ca_certs": str(pki.ca), "certfile": str(pki.client_cert),
+                                      "keyfile": str(pki.client_key)}})
+    ops = {"tls": tls, "username": "ops", "password": USERS["ops"], "sign_key": fleet_key()[0]}
+    try:
+        with Device(cfg, reader):
+            # an update for dev2 passes through the broker; dev1's user must not see any of it
+            sent = publish_bundle(bundles["v2"], broker.address, devices=["dev2"], **ops)
+            assert [o.outcome for o in sent] == ["sent"]
+            out = publish_bundle(bundles["v2"], f"localhost:{broker.port}", devices=[DEVICE], wait_s=30, **ops)
+            assert [(o.device, o.outcome) for o in out] == [(DEVICE, "applied")], out
+            assert all(r["model"]["version"] == v2 for r in flowing(reader))
+            fleet = publish_bundle(bundles["v1"], f"localhost:{broker.port}", fleet=True, wait_s=30, **ops)
+            assert [(o.device, o.outcome) for o in fleet] == [(DEVICE, "applied")], fleet  # the fleet topic too
+        time.sleep(0.5)
+        with snoop.lock:
+            seen = {t for t, _, _ in snoop.messages}
+        # dev1 read its own and the fleet's model updates, and nothing of dev2 (nor any results)
+        assert {t.split("/")[2] for t in seen} == {DEVICE, "fleet"} and all("/model/set" in t for t in seen), seen
+        # dev1 may not write another device's topics either (the broker drops it and logs it)
+        with MqttPublisher("localhost", broker.port, "dev1-forger", tls=tls, username="dev1",
+                           password=USERS["dev1"]) as forger:
+            assert forger.wait_connected(10)
+            forger.publish("edge/v1/dev2/model/set", b"{}")
+            assert forger.flush(10)
+        assert reader.wait_for(lambda c: "denied publish" in broker.log_text().lower(), 10)
+        assert not any(t == "edge/v1/dev2/model/set" and p == b"{}" for t, p, _ in reader.messages)
+    finally:
+        reader.close()
+        snoop.close()
+        broker.stop()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -12,17 +11,16 @@ import time
 from pathlib import Path
 
 import cv2
-import jsonschema
 import numpy as np
 import pytest
 
 from mqtt_fixtures import Broker, Collector, free_port, mosquitto  # noqa: F401  (fixture)
+from contract import validate
 from sdk_bundle_fixture import load_mnist, sdk_bundle  # noqa: F401  (fixture)
 from videos import paper_frame, write_digit_video
 
 import sdk
 from sdk.config import Config
-from sdk.messages import load_schema
 from sdk.pipeline import Classifier, Pipeline, PipelineSettings
 from sdk.runtime import load_bundle
 from sdk.sources import LiveSource
@@ -59,16 +57,6 @@ def make_config(bundle, source, broker, tmp_path, **kw) -> Config:
     return Config(device_id=DEVICE, source=source, model=str(bundle), mqtt=mqtt,
                   sampling=kw.pop("sampling", {"enabled": False}), metrics_interval_s=kw.pop("metrics_interval_s", 0.5),
                   **kw)
-
-
-def validate(kind: str, payloads) -> list[dict]:
-    schema = load_schema(kind)
-    out = []
-    for p in payloads:
-        msg = json.loads(p)
-        jsonschema.validate(msg, schema)
-        out.append(msg)
-    return out
 
 
 def test_every_frame_result_arrives_and_validates(sdk_bundle, digit_video, mosquitto, tmp_path):
@@ -154,41 +142,145 @@ def _outbox_rows(path: Path) -> int:
         db.close()
 
 
-def test_sigterm_keeps_queue_and_next_start_delivers_it(sdk_bundle, digit_video, tmp_path):
-    port = free_port()  # nothing listens there yet: the broker is down
-    outbox = tmp_path / "outbox.sqlite"
-    args = [sys.executable, "-m", "sdk.cli", "--video", str(digit_video), "--loop", "--fps-cap", "40",
-            "--model", str(sdk_bundle), "--broker", f"127.0.0.1:{port}", "--device-id", DEVICE, "--outbox", str(outbox)]
+def _outbox_results(path: Path) -> list[dict]:
+    """The result messages queued in an outbox file, in queue order."""
+    db = sqlite3.connect(path)
+    try:
+        rows = db.execute("SELECT topic, payload FROM outbox ORDER BY id").fetchall()
+    finally:
+        db.close()
+    return [json.loads(p) for t, p in rows if t.endswith("/result")]
+
+
+def _device_args(bundle, video, port, outbox, *extra) -> list[str]:
+    return [sys.executable, "-m", "sdk.cli", "--video", str(video), "--model", str(bundle), "--broker",
+            f"127.0.0.1:{port}", "--device-id", DEVICE, "--outbox", str(outbox), "--no-update", *extra]
+
+
+def _summary(stderr: str) -> dict:
+    """The JSON summary edge-classify prints last."""
+    return json.loads(stderr.strip().splitlines()[-1])
+
+
+def _first_run(col: Collector, run_id: str) -> list[int]:
+    return [r["seq"] for r in validate("result", col.on("/result")) if r["run_id"] == run_id]
+
+
+def _wait(pred, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and not pred():
+        time.sleep(0.05)
+
+
+def _signal_when(args: list[str], ready, sig: int) -> tuple[int, str]:
+    """Start the device, call ``ready()`` (it waits for the moment), send ``sig``; (exit code, stderr)."""
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        end = time.monotonic() + 60
-        while time.monotonic() < end and not (outbox.exists() and _outbox_rows(outbox) >= 30):
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=20)
+        ready()
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, err
-    queued = _outbox_rows(outbox)
-    assert queued >= 30
+    return proc.returncode, err
+
+
+def test_sigterm_with_the_broker_down_keeps_the_queue_and_the_next_start_delivers_it(sdk_bundle, digit_video,
+                                                                                     tmp_path):
+    """Every result the first run counted (its summary line) arrives after the restart, in order,
+    exactly once; the summary says they were queued, not delivered, and where they wait."""
+    port = free_port()  # nothing listens there yet: the broker is down
+    outbox = tmp_path / "outbox.sqlite"
+    code, err = _signal_when(_device_args(sdk_bundle, digit_video, port, outbox, "--loop", "--fps-cap", "40"),
+                             lambda: _wait(lambda: outbox.exists() and _outbox_rows(outbox) >= 30), signal.SIGTERM)
+    assert code == 0, err
+    first = _summary(err)
+    queued = _outbox_results(outbox)
+    assert first["results"] == len(queued) >= 30, first
+    assert first["delivered"] == 0 and first["undelivered"] == first["queued"] == _outbox_rows(outbox), first
+    assert first["outbox"] == str(outbox)
+    assert f"{first['undelivered']} messages undelivered" in err and f"kept in {outbox}" in err, err
+    assert f"127.0.0.1:{port} was never reached" in err
+    run_id = queued[0]["run_id"]
+
     broker = Broker(tmp_path / "broker", port=port).start()
     col = Collector(port, (f"edge/v1/{DEVICE}/#",))
     assert col.wait_subscribed()
     try:
-        rc = subprocess.run(args[:5] + ["--max-frames", "1"] + args[8:], cwd=REPO, capture_output=True, text=True,
-                            timeout=60)
+        rc = subprocess.run(_device_args(sdk_bundle, digit_video, port, outbox, "--max-frames", "1"), cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
         assert rc.returncode == 0, rc.stderr
+        second = _summary(rc.stderr)
+        assert second["undelivered"] == 0 and second["delivered"] == first["queued"] + second["queued"], second
         assert _outbox_rows(outbox) == 0
-        results = validate("result", col.on("/result"))
-        first_run = [r for r in results if r["run_id"] != results[-1]["run_id"]]
-        seqs = sorted(r["seq"] for r in first_run)
-        assert seqs == list(range(len(seqs))) and len(seqs) >= 25  # nothing lost, no gap
+        col.wait_for(lambda c: len(_first_run(c, run_id)) >= first["results"], 10)
+        assert _first_run(col, run_id) == list(range(first["results"]))  # all, in order, once
         assert any(json.loads(p)["event"] == "stopped" and json.loads(p)["detail"]["reason"] == "stopped"
                    for p in col.on("/event"))
     finally:
         col.close()
         broker.stop()
+
+
+def test_sigterm_with_messages_in_flight_delivers_everything_before_exiting(sdk_bundle, digit_video, mosquitto,
+                                                                            tmp_path):
+    col = Collector(mosquitto.port, (f"edge/v1/{DEVICE}/result",))
+    assert col.wait_subscribed()
+    outbox = tmp_path / "outbox.sqlite"
+    # no fps cap: results stream out as fast as it classifies
+    code, err = _signal_when(_device_args(sdk_bundle, digit_video, mosquitto.port, outbox, "--loop"),
+                             lambda: _wait(lambda: len(col.on("/result")) >= 100), signal.SIGTERM)
+    assert code == 0, err
+    summary = _summary(err)
+    assert summary["undelivered"] == 0 and summary["delivered"] == summary["queued"] > summary["results"], summary
+    assert "undelivered" not in err.rsplit("\n", 2)[0]  # no warning: everything went out
+    col.wait_for(lambda c: len(c.on("/result")) >= summary["results"], 10)
+    seqs = [r["seq"] for r in validate("result", col.on("/result"))]
+    assert seqs == list(range(summary["results"]))  # every result it counted, in order, once
+    col.close()
+
+
+def test_sigkill_with_the_outbox_on_disk_redelivers_every_queued_result(sdk_bundle, digit_video, mosquitto,
+                                                                       tmp_path):
+    """SIGKILL of the device (no flush, no summary) while up to 64 results are in flight to a broker
+    that hangs, then the broker crashes too, so what was in flight never arrived: every result in the
+    outbox at the kill arrives after the next start. Delivery is at-least-once: de-duplicating by
+    (run_id, seq) leaves each result exactly once, first arrivals in seq order."""
+    col = Collector(mosquitto.port, (f"edge/v1/{DEVICE}/result",))
+    assert col.wait_subscribed()
+    outbox = tmp_path / "outbox.sqlite"
+    def ready():
+        _wait(lambda: len(col.on("/result")) >= 100)
+        mosquitto.freeze()  # PUBLISHes now sit in flight, unacknowledged; the device keeps queueing
+        _wait(lambda: _outbox_rows(outbox) >= 150, 30)
+
+    code, _ = _signal_when(_device_args(sdk_bundle, digit_video, mosquitto.port, outbox, "--loop"), ready,
+                           signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    mosquitto.kill()  # what was in flight dies with it
+    before = validate("result", col.on("/result"))
+    run_id = before[0]["run_id"]
+    in_outbox = [r["seq"] for r in _outbox_results(outbox)]
+    assert in_outbox == sorted(in_outbox) and len(in_outbox) >= 100
+    made = max([r["seq"] for r in before] + in_outbox) + 1
+    # nothing fell between the two: every result it made was delivered or is still queued
+    assert {r["seq"] for r in before} | set(in_outbox) == set(range(made))
+
+    mosquitto.start()  # same port, empty
+    _wait(lambda: not col.connected.is_set(), 5)
+    assert col.wait_subscribed(20)
+    rc = subprocess.run(_device_args(sdk_bundle, digit_video, mosquitto.port, outbox, "--max-frames", "1"),
+                        cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert rc.returncode == 0, rc.stderr
+    assert _summary(rc.stderr)["undelivered"] == 0 and _outbox_rows(outbox) == 0
+    col.wait_for(lambda c: set(in_outbox) <= set(_first_run(c, run_id)), 10)
+    after = _first_run(col, run_id)[len(before):]
+    assert set(in_outbox) <= set(after)  # every queued result arrived after the restart
+    seqs = _first_run(col, run_id)
+    unique = list(dict.fromkeys(seqs))  # de-duplicated by (run_id, seq), first arrivals kept
+    assert unique == list(range(made)), "a result was lost or first arrived out of order"
+    assert len(seqs) - len(unique) == len(set(in_outbox) & {r["seq"] for r in before})  # duplicates: only those
+    col.close()
 
 
 def mixed_frames(x, rng, n_clear=20, n_mixed=8):

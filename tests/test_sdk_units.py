@@ -198,3 +198,27 @@ def test_every_config_field_is_described():
 
     walk(Config)
     assert Config.model_config["extra"] == "forbid"
+
+
+def test_names_that_become_topics_are_matched_whole():
+    """'^...$' with re.match accepts a trailing newline; every name check uses fullmatch."""
+    from sdk.config import config_from_dict
+    from sdk.errors import ConfigError
+    from sdk.topics import Topics, all_devices, check_segment, device_of, fleet_model_set
+
+    for bad in ("cam\n", "cam\r\n", "cam\x00", "ca m", "cam/1", "", "+", "#"):
+        with pytest.raises(ConfigError, match="device_id"):
+            config_from_dict({"device_id": bad})
+        with pytest.raises(ValueError):
+            Topics(bad)
+        with pytest.raises(ValueError):
+            check_segment(bad, "shared-subscription group")
+        if "/" not in bad:  # a prefix may hold slashes
+            with pytest.raises(ValueError):
+                fleet_model_set(f"site/{bad}")
+        assert device_of(f"edge/v1/{bad}/sample", "sample") is None
+    assert device_of("edge/v1/cam-1/sample", "sample") == "cam-1"
+    assert device_of("site/edge/v1/cam-1/model/state", "model/state", "site/edge") == "cam-1"
+    assert device_of("edge/v1/fleet/model/state", "model/state") is None
+    assert device_of("edge/v1/cam-1/result", "sample") is None
+    assert all_devices("sample") == "edge/v1/+/sample"

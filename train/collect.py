@@ -18,7 +18,9 @@ are logged with their topic, device and reason, counted, acknowledged (never ret
 left unacknowledged: the broker redelivers it after the next reconnect.
 
 The library twin is :class:`Collector`. Exit codes: 0 ok (also on SIGTERM/SIGINT), 1 ``--timeout``
-reached before ``--max-messages``, 2 bad arguments (broker address, TLS files, output folder).
+reached before ``--max-messages``, 2 bad arguments (broker address, TLS files, output folder),
+10 the broker's TLS certificate is not trusted (unknown CA, expired), 11 it is issued for another host
+name (the same codes as ``edge-classify``).
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from sdk.mqtt import TlsSettings, credentials_from_env, parse_broker
-from sdk.topics import CONTRACT_VERSION, check_segment
+from sdk.topics import DEFAULT_PREFIX, all_devices, check_prefix, check_segment, device_of
 from train.feedback import FeedbackError, FeedbackStore
 
 logger = logging.getLogger("train.collect")  # also when run as __main__
@@ -55,20 +57,20 @@ class Collector:
     """
 
     def __init__(self, store: FeedbackStore, host: str, port: int = 1883, *, client_id: str,
-                 prefix: str = "edge", group: str | None = "collectors", session_expiry: int = WEEK_S,
+                 prefix: str = DEFAULT_PREFIX, group: str | None = "collectors", session_expiry: int = WEEK_S,
                  tls: TlsSettings | None = None, username: str | None = None, password: str | None = None,
                  keepalive: int = 30, reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0,
                  rejected_dir: Path | None = None, rejected_max_bytes: int = 10_000_000):
         if not client_id:
             raise ValueError("client_id must be set and stable across restarts (the broker keys the session on it)")
-        for part in prefix.split("/"):
-            check_segment(part, "topic prefix segment")
+        check_prefix(prefix)
         if group is not None:
             check_segment(group, "shared-subscription group")
         self.store = store
         self.client_id = client_id
         self.host, self.port = host, port
-        self.topic_filter = f"{prefix}/{CONTRACT_VERSION}/+/sample"
+        self.prefix = prefix
+        self.topic_filter = all_devices("sample", prefix)
         self.subscription = f"$share/{group}/{self.topic_filter}" if group else self.topic_filter
         self.rejected_dir = rejected_dir
         self.rejected_max_bytes = rejected_max_bytes
@@ -83,11 +85,14 @@ class Collector:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
                         manual_ack=True)
         c.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
-        if tls is not None:
-            tls.apply(c)
+        self.tls = tls
+        self._handshakes = tls.apply(c) if tls is not None else None
+        self.connects = 0
+        self.fatal: Exception | None = None  # the broker's certificate refused before a first connection
         if username is not None:
             c.username_pw_set(username, password)
         c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
         c.on_subscribe = self._on_subscribe
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
@@ -153,9 +158,22 @@ class Collector:
             logger.error("MQTT %s:%d: %s", self.host, self.port, self.last_error)
             return
         self.last_error = None
+        self.connects += 1
         logger.info("MQTT connected to %s:%d (%s)", self.host, self.port,
                     "session resumed" if flags.session_present else "new session")
         client.subscribe(self.subscription, qos=1)
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        error = self._handshakes.take() if self._handshakes is not None else None
+        if error is None:
+            return  # TCP weather: paho retries with backoff
+        refusal = self.tls.refusal(self.host, self.port, error)
+        self.last_error = str(refusal) if refusal else f"TLS handshake with {self.host}:{self.port} failed: {error}"
+        logger.error("%s", self.last_error)
+        if refusal is not None and self.connects == 0:
+            self.fatal = refusal
+            with self._handled:
+                self._handled.notify_all()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         failed = [rc for rc in reason_codes if rc.is_failure]
@@ -173,8 +191,10 @@ class Collector:
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         self.received += 1
-        device = msg.topic.split("/")[-2]
+        device = device_of(msg.topic, "sample", self.prefix)
         try:
+            if device is None:
+                raise FeedbackError(f"topic {msg.topic!r} does not name a valid device (letters, digits, '_', '-', '.')")
             payload = json.loads(msg.payload)
             if not isinstance(payload, dict):
                 raise FeedbackError("the payload is not a JSON object")
@@ -257,10 +277,11 @@ def _number(kind: type, minimum: float, strict: bool = False):
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.collect", description=__doc__.split("\n\n")[0],
+                                epilog="Exit codes:" + __doc__.split("Exit codes:")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--broker", required=True, help="MQTT broker HOST:PORT (port defaults to 1883)")
     p.add_argument("--out", required=True, type=Path, help="feedback store folder (created if missing)")
-    p.add_argument("--prefix", default="edge", help="topic prefix the devices use (default: edge)")
+    p.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"topic prefix the devices use (default: {DEFAULT_PREFIX})")
     p.add_argument("--group", default="collectors", help="shared-subscription group (default: collectors)")
     p.add_argument("--no-share", action="store_true", help="plain subscription: this collector gets every sample")
     p.add_argument("--client-id", help="stable MQTT client id (default: edgeclf-collector-<group>-<host name>)")
@@ -342,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     with store, collector:
         logger.info("collecting %s from %s:%d into %s", collector.subscription, host, port, args.out)
         while not stop.is_set():
+            if collector.fatal is not None:
+                print(f"train.collect: error: {collector.fatal}", file=sys.stderr)
+                code = collector.fatal.exit_code
+                break
             if args.max_messages and collector.handled >= args.max_messages:
                 break
             if deadline is not None and time.monotonic() >= deadline:

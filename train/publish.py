@@ -14,7 +14,9 @@ The library calls take the same arguments (:func:`publish_bundle`, :func:`rollba
 
 Exit codes: 0 sent (with ``--wait``: every device applied it), 1 internal error, 2 bad input
 (bundle, key file, arguments), 3 broker unreachable or the messages not acknowledged,
-4 a device refused the update or did not answer within ``--wait``.
+4 a device refused the update or did not answer within ``--wait``, 10 the broker's TLS certificate
+is not trusted (unknown CA, expired), 11 it is issued for another host name (the same codes as
+``edge-classify``).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from pydantic import ValidationError
 from sdk.bundle import BundleError, verify_bundle
 from sdk.errors import MqttConfigError
 from sdk.mqtt import MqttPublisher, Outbox, TlsSettings, credentials_from_env, parse_broker
-from sdk.topics import FLEET, CONTRACT_VERSION, Topics, fleet_model_set
+from sdk.topics import DEFAULT_PREFIX, FLEET, Topics, all_devices, device_of, fleet_model_set
 from sdk.update import (DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, encode, generate_keypair, load_private_key,
                         make_rollback, make_update, pack_bundle)
 
@@ -60,6 +62,14 @@ class BrokerError(PublishError, RuntimeError):
     """The broker cannot be reached, or did not acknowledge every message in time."""
 
     exit_code = EXIT_BROKER
+
+
+class BrokerRefused(PublishError):
+    """The broker's TLS certificate was refused; ``exit_code`` is that of the sdk error (10, 11)."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.exit_code = getattr(error, "exit_code", EXIT_BROKER)
 
 
 @dataclass
@@ -143,8 +153,10 @@ class _Session:
         self.address = f"{host}:{port}"
 
     def _on_state(self, topic: str, payload: bytes) -> None:
-        parts = topic.split("/")
-        device = parts[-3] if len(parts) >= 3 else "?"
+        device = device_of(topic, "model/state", self.prefix)
+        if device is None:
+            logger.warning("model/state on %r, which names no valid device: ignored", topic)
+            return
         try:
             msg = json.loads(payload) if payload else None
         except ValueError:
@@ -165,11 +177,13 @@ class _Session:
 
     def connect(self, watch: Sequence[str] | None, watch_all: bool) -> None:
         if watch_all:
-            self.pub.subscribe(f"{self.prefix}/{CONTRACT_VERSION}/+/model/state", 1, self._on_state)
+            self.pub.subscribe(all_devices("model/state", self.prefix), 1, self._on_state)
         for d in watch or ():
             self.pub.subscribe(Topics(d, self.prefix).model_state, 1, self._on_state)
         self.pub.start()
         if not self.pub.wait_connected(self.connect_timeout_s):
+            if self.pub.fatal is not None:
+                raise BrokerRefused(self.pub.fatal)
             why = f" ({self.pub.last_error})" if self.pub.last_error else ""
             raise BrokerError(f"cannot connect to the MQTT broker {self.address} within "
                               f"{self.connect_timeout_s:g} s{why}")
@@ -236,7 +250,7 @@ def _conn(tls: TlsSettings | None, username: str | None, password: str | None, c
 
 
 def publish_bundle(bundle_dir: str | Path, broker: str, *, devices: Sequence[str] | None = None, fleet: bool = False,
-                   prefix: str = "edge", sign_key: Any = None, chunk_size: int | str = DEFAULT_CHUNK_SIZE,
+                   prefix: str = DEFAULT_PREFIX, sign_key: Any = None, chunk_size: int | str = DEFAULT_CHUNK_SIZE,
                    wait_s: float | None = None, tls: TlsSettings | None = None, username: str | None = None,
                    password: str | None = None, client_id: str | None = None, connect_timeout_s: float = 10.0,
                    send_timeout_s: float | None = None, update_id: str | None = None) -> list[DeviceOutcome]:
@@ -273,7 +287,7 @@ def publish_bundle(bundle_dir: str | Path, broker: str, *, devices: Sequence[str
                     _conn(tls, username, password, client_id, connect_timeout_s), send_timeout_s, len(archive))
 
 
-def rollback(broker: str, *, devices: Sequence[str] | None = None, fleet: bool = False, prefix: str = "edge",
+def rollback(broker: str, *, devices: Sequence[str] | None = None, fleet: bool = False, prefix: str = DEFAULT_PREFIX,
              sign_key: Any = None, wait_s: float | None = None, tls: TlsSettings | None = None,
              username: str | None = None, password: str | None = None, client_id: str | None = None,
              connect_timeout_s: float = 10.0) -> list[DeviceOutcome]:
@@ -294,7 +308,7 @@ def rollback(broker: str, *, devices: Sequence[str] | None = None, fleet: bool =
 def _add_connection(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("broker")
     g.add_argument("--broker", required=True, metavar="HOST:PORT", help="MQTT broker")
-    g.add_argument("--prefix", default="edge", help="topic prefix (mqtt.topic_prefix of the devices)")
+    g.add_argument("--prefix", default=DEFAULT_PREFIX, help="topic prefix (mqtt.topic_prefix of the devices)")
     g.add_argument("--client-id", help="MQTT client id (default: random)")
     g.add_argument("--tls", action="store_true", help="connect with TLS (implied by the TLS file options)")
     g.add_argument("--ca-certs", metavar="PEM", help="CA that signed the broker's certificate")
@@ -373,8 +387,10 @@ def _cmd_rollback(argv: Sequence[str]) -> int:
 
 def _cmd_keygen(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m train.publish keygen",
-                                description="Make an ed25519 key pair: OUT_PREFIX.key (private, 0600) and "
-                                            "OUT_PREFIX.pub (for the devices' update.public_key).")
+                                description="Make an ed25519 key pair: OUT_PREFIX.key (private, 0600; sign with "
+                                            "--sign-key) and OUT_PREFIX.pub: copy it to every device as the file "
+                                            "its update.public_key names (/etc/edgeclf/update.pub in "
+                                            "firmware_configs/*.yaml). Devices refuse unsigned updates.")
     p.add_argument("out_prefix", metavar="OUT_PREFIX")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
     a = p.parse_args(argv)
@@ -382,7 +398,9 @@ def _cmd_keygen(argv: Sequence[str]) -> int:
         key, pub, kid = generate_keypair(a.out_prefix, force=a.force)
     except ValueError as e:
         raise BadInput(str(e)) from e
-    print(f"private key {key} (keep it secret), public key {pub}, key_id {kid}")
+    print(f"private key {key} (keep it secret, on this host: --sign-key {key}), public key {pub}, key_id {kid}\n"
+          f"copy {pub} to every device as the file its update.public_key names "
+          f"(/etc/edgeclf/update.pub in firmware_configs/*.yaml); devices refuse unsigned updates")
     return EXIT_OK
 
 
