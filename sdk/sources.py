@@ -7,7 +7,9 @@ Files (video, images) are read on the caller's thread, every frame in order (opt
 to the fps cap). Live sources (camera, RTSP) capture on their own thread with latest-frame
 semantics: a frame the consumer did not take before the next one arrived is dropped and
 counted; a stream that fails is reopened with exponential backoff and each disconnect /
-reconnect is queued as an event for the pipeline to publish.
+reconnect is queued as an event for the pipeline to publish. Network streams are opened with
+open and read timeouts, so a server that vanishes without closing the connection is noticed
+in seconds rather than after FFmpeg's default 30 s.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 KINDS = ("camera", "video", "rtsp", "images")
+RTSP_TRANSPORTS = ("tcp", "udp", "udp_multicast", "http", "https")  # FFmpeg's rtsp_transport values
+MAX_REPORTED_DELAYS = 16  # the source_reconnected event lists the waits of the first attempts only
 
 
 @dataclass
@@ -203,8 +207,10 @@ class LiveSource(_Base):
     """A capture thread over ``opener()`` (which returns a ``cv2.VideoCapture``).
 
     ``read()`` returns the newest frame not yet returned (waiting up to ``timeout``); frames
-    overwritten before being read are counted in ``dropped``. When the capture fails it is
-    reopened after ``backoff_min_s``, doubling up to ``backoff_max_s``.
+    overwritten before being read are counted in ``dropped``. After ``max_failures`` failed reads
+    in a row the capture is reopened after ``backoff_min_s``, doubling up to ``backoff_max_s``;
+    the ``source_disconnected`` / ``source_reconnected`` events carry those waits. How long one
+    read or open may block is the opener's business (see :func:`open_stream`).
     """
 
     def __init__(self, opener: Callable[[], "cv2.VideoCapture"], name: str, fps_cap: float | None = None,
@@ -242,43 +248,52 @@ class LiveSource(_Base):
             self._taken = False
             self._cond.notify_all()
 
-    def _reconnect(self) -> bool:
+    def _reconnect(self, failed_reads: int, last_frame: float) -> bool:
+        """Reopen after ``backoff_min_s``, doubling up to ``backoff_max_s``, until it works or close()."""
         self.connected = False
         down = time.monotonic()
         self._cap.release()
-        logger.warning("%s: stream lost; reconnecting", self.name)
-        self._events.append(("source_disconnected", {"source": self.name}))
-        delay, attempts = self.backoff_min_s, 0
+        delay, attempts, delays = self.backoff_min_s, 0, []
+        logger.warning("%s: stream lost (no frame for %.1fs); reconnecting in %.1fs", self.name, down - last_frame,
+                       delay)
+        self._events.append(("source_disconnected", {
+            "source": self.name, "failed_reads": failed_reads, "no_frame_for_s": round(down - last_frame, 3),
+            "retry_in_s": delay, "backoff_max_s": self.backoff_max_s}))
         while not self._stop.wait(delay):
             attempts += 1
+            if len(delays) < MAX_REPORTED_DELAYS:
+                delays.append(delay)
             cap = self._opener()
             ok, img = cap.read() if cap is not None and cap.isOpened() else (False, None)
             if ok:
                 self._cap = cap
                 self.connected = True
                 self.reconnects += 1
-                detail = {"source": self.name, "attempts": attempts, "downtime_s": round(time.monotonic() - down, 3)}
+                detail = {"source": self.name, "attempts": attempts, "downtime_s": round(time.monotonic() - down, 3),
+                          "delays_s": delays}
                 logger.info("%s: reconnected after %d attempts", self.name, attempts)
                 self._events.append(("source_reconnected", detail))
                 self._publish_frame(img)
                 return True
             if cap is not None:
                 cap.release()
-            logger.info("%s: reconnect attempt %d failed; next in %.1fs", self.name, attempts, min(delay * 2, self.backoff_max_s))
             delay = min(delay * 2, self.backoff_max_s)
+            logger.info("%s: reconnect attempt %d failed; next in %.1fs", self.name, attempts, delay)
         return False
 
     def _run(self) -> None:
-        failures = 0
+        failures, last_frame = 0, time.monotonic()
         while not self._stop.is_set():
             ok, img = self._cap.read()
             if ok:
-                failures = 0
+                failures, last_frame = 0, time.monotonic()
                 self._publish_frame(img)
                 continue
             failures += 1
-            if failures >= self.max_failures and not self._reconnect():
-                break
+            if failures >= self.max_failures:
+                if not self._reconnect(failures, last_frame):
+                    break
+                failures, last_frame = 0, time.monotonic()
         self._cap.release()
 
     def read(self, timeout: float = 1.0) -> Frame | None:
@@ -318,10 +333,28 @@ def open_camera(index: int, width: int | None = None, height: int | None = None,
     return opener
 
 
-def open_stream(url: str, transport: str = "tcp") -> Callable[[], "cv2.VideoCapture"]:
-    def opener():
+def open_stream(url: str, transport: str = "tcp", open_timeout_s: float = 10.0,
+                read_timeout_s: float = 5.0) -> Callable[[], "cv2.VideoCapture"]:
+    """An opener for a network stream (RTSP, HTTP MJPEG, ...) through OpenCV's FFmpeg backend.
+
+    ``open_timeout_s`` bounds connecting and probing, ``read_timeout_s`` one ``read()``: without
+    them FFmpeg waits 30 s for a server that stopped answering. ``transport`` is FFmpeg's
+    ``rtsp_transport`` (one of ``RTSP_TRANSPORTS``) and applies to rtsp:// and rtsps:// URLs
+    only; it goes through ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` (OpenCV has no other way to pass it),
+    unless that variable is set already.
+    """
+    if transport not in RTSP_TRANSPORTS:
+        raise ValueError(f"unknown RTSP transport {transport!r}; valid: {', '.join(RTSP_TRANSPORTS)}")
+    if not (open_timeout_s > 0 and read_timeout_s > 0):
+        raise ValueError(f"stream timeouts must be > 0 (got open {open_timeout_s}, read {read_timeout_s})")
+    if url.lower().startswith(("rtsp://", "rtsps://")):
+        # set here, on the thread that builds the source, not from the capture thread at each reopen
         os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", f"rtsp_transport;{transport}")
-        cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG)
+    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, max(1, round(open_timeout_s * 1000)),
+              cv2.CAP_PROP_READ_TIMEOUT_MSEC, max(1, round(read_timeout_s * 1000))]
+
+    def opener():
+        cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
         if cap.isOpened():
             cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
         return cap
@@ -346,8 +379,9 @@ def parse_source(spec: str) -> tuple[str, str]:
 
 def open_source(spec: str, *, loop: bool = False, fps_cap: float | None = None, width: int | None = None,
                 height: int | None = None, camera_fps: float | None = None, backend: str = "auto",
-                backoff_min_s: float = 0.5, backoff_max_s: float = 30.0):
-    """Build the source named by ``spec`` (see :func:`parse_source`)."""
+                backoff_min_s: float = 0.5, backoff_max_s: float = 30.0, open_timeout_s: float = 10.0,
+                read_timeout_s: float = 5.0):
+    """Build the source named by ``spec`` (see :func:`parse_source`); the timeouts are for streams."""
     kind, arg = parse_source(spec)
     if kind == "video":
         return VideoFileSource(arg, loop=loop, fps_cap=fps_cap)
@@ -360,7 +394,8 @@ def open_source(spec: str, *, loop: bool = False, fps_cap: float | None = None, 
         except SourceOpenError as e:
             raise SourceOpenError(f"camera index {arg} does not open (is it connected, is /dev/video{arg} "
                                   "readable by this user, is another program using it?)") from e
-    return LiveSource(open_stream(arg), _redact(arg), fps_cap, backoff_min_s, backoff_max_s)
+    return LiveSource(open_stream(arg, open_timeout_s=open_timeout_s, read_timeout_s=read_timeout_s), _redact(arg),
+                      fps_cap, backoff_min_s, backoff_max_s)
 
 
 def _redact(url: str) -> str:
