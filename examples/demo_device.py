@@ -128,6 +128,7 @@ def main(argv=None) -> int:
         t = time.monotonic()
         stats = sdk.run(Config(device_id=a.device_id, source=f"video:{a.video}", model=str(a.model), top_k=3,
                                mqtt={"broker": f"127.0.0.1:{broker.port}", "outbox_path": ":memory:"},
+                               update={"enabled": False},  # the demo sends no model updates
                                metrics_interval_s=1.0))
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and sum(t.endswith("/result") for t, _ in received) < stats.published:
