@@ -14,6 +14,8 @@ dynamic-range variant for CPU). See docs/bundle.md.
 Exit codes: 0 ok, 2 bad arguments / unknown target / option the target does not accept,
 3 run not found or incomplete, 4 model unreadable, 5 data or calibration set unusable,
 6 an artefact fell below the accuracy gate (the bundle is still written, with the figures),
+7 the target could not produce an artefact it promises (Jetson's checked ONNX, Coral's compiled
+model when edgetpu_compiler is on PATH): no manifest.json is written, so the folder is no bundle,
 1 anything else (a bug: the traceback is shown).
 """
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from sdk.bundle import LABELS_FILE, MODEL_FILE, InputSpec, Manifest, OutputSpec, Quantization, SplitAccuracy, sha256_file, write_manifest
+from sdk.bundle import LABELS_FILE, MANIFEST_FILE, MODEL_FILE, InputSpec, Manifest, OutputSpec, Quantization, SplitAccuracy, sha256_file, write_manifest
 from train.optimize import CalibrationError, gzip_size
 from train.runs import Run, RunError, load_run
 from train.targets import TargetSpec, UnknownTargetError, describe_targets, get_target, list_targets
@@ -46,6 +48,18 @@ EXIT_RUN = 3
 EXIT_MODEL = 4
 EXIT_DATA = 5
 EXIT_GATE = 6
+EXIT_ARTEFACT = 7
+
+EXIT_CODES_HELP = """Exit codes:
+  0  ok
+  1  internal error (a bug: the traceback is shown)
+  2  bad arguments, unknown target, or an option the target does not accept
+  3  run not found or incomplete
+  4  model unreadable
+  5  data or calibration set unusable
+  6  accuracy gate failed (the bundle is still written, with the figures)
+  7  the target could not produce an artefact it promises (jetson: the ONNX model, checked against
+     Keras; coral: the compiled model, when edgetpu_compiler is on PATH); no manifest.json is written"""
 
 REPORT_JSON = "export_report.json"
 REPORT_MD = "export_report.md"
@@ -75,6 +89,28 @@ class DataProblem(ExportError):
     """The data the export needs (splits, calibration set) is missing or unusable."""
 
     exit_code = EXIT_DATA
+
+
+class TargetArtefactError(ExportError):
+    """The target could not produce an artefact it promises: Jetson's ONNX (converted and checked
+    against Keras), Coral's ``*_edgetpu.tflite`` when ``edgetpu_compiler`` is on PATH.
+
+    Raised before the manifest is written: the folder keeps the partial output (and the compiler
+    log) for inspection, but without ``manifest.json`` it is no bundle.
+    """
+
+    exit_code = EXIT_ARTEFACT
+
+    def __init__(self, target: str, artefact: str, reason: str, remedy: str):
+        self.target, self.artefact, self.reason, self.remedy = target, artefact, reason, remedy
+        self.bundle_dir: Path | None = None  # set by export_bundle
+        super().__init__(f"target {target!r}: could not produce {artefact}: {reason}")
+
+    def __str__(self) -> str:
+        msg = f"{self.args[0]}\n  what to do: {self.remedy}"
+        if self.bundle_dir is not None:
+            msg += f"\n  no bundle written: {self.bundle_dir} holds the partial output and no {MANIFEST_FILE}"
+        return msg
 
 
 @dataclass
@@ -287,7 +323,8 @@ def export_bundle(
     'digit') goes into the manifest; by default 'digit' for MNIST-like digit sets.
 
     Raises ``UnknownTargetError``/``OptionError`` (bad arguments), ``RunError`` (no such run),
-    ``ModelLoadError``, ``DataProblem`` / ``CalibrationError`` (unusable data).
+    ``ModelLoadError``, ``DataProblem`` / ``CalibrationError`` (unusable data),
+    ``TargetArtefactError`` (the target could not produce an artefact it promises; no manifest).
     """
     t_start = time.perf_counter()
     spec = get_target(target)
@@ -384,7 +421,11 @@ def export_bundle(
         steps["qat"] = {"epochs": max(1, fine_tune_epochs // 2), "seconds": round(time.perf_counter() - t0, 1)}
     report["optimizations"] = steps
 
-    # 3. Convert each artefact, embed the labels, measure it.
+    # 3. Convert each artefact, embed the labels, measure it. A manifest and reports left by an
+    # earlier export describe the files about to be replaced: gone first, so a failure from here on
+    # never leaves a folder that looks like a finished bundle.
+    for stale in (MANIFEST_FILE, REPORT_JSON, REPORT_MD):
+        (bundle / stale).unlink(missing_ok=True)
     artefacts: list[dict[str, Any]] = []
     primary_bytes = b""
     primary_io: dict = {}
@@ -416,21 +457,22 @@ def export_bundle(
 
     extra_files: dict[str, str] = {a["role"]: a["file"] for a in artefacts if a["role"] != "model"}
 
-    # 4. Target extras.
-    if spec.gpu_check:
-        from train.targets.jetson import gpu_compatibility
+    # 4. Target extras. An artefact the target promises but cannot produce fails the export here,
+    # before the manifest.
+    try:
+        if spec.gpu_check:
+            from train.targets.jetson import gpu_compatibility
 
-        report["gpu_compatibility"] = gpu_compatibility(primary_bytes)
-        (bundle / "gpu_compatibility.txt").write_text(report["gpu_compatibility"]["analyzer_output"])
-        extra_files["gpu_compatibility"] = "gpu_compatibility.txt"
-    if spec.onnx:
-        from train.targets.jetson import ONNX_FILE, export_onnx, onnx_runner
+            report["gpu_compatibility"] = gpu_compatibility(primary_bytes)
+            (bundle / "gpu_compatibility.txt").write_text(report["gpu_compatibility"]["analyzer_output"])
+            extra_files["gpu_compatibility"] = "gpu_compatibility.txt"
+        if spec.onnx:
+            from train.targets.jetson import ONNX_FILE, export_onnx, onnx_runner
 
-        onnx_path = bundle / ONNX_FILE
-        sample = splits["val"].x[:ONNX_CHECK_SAMPLES]
-        report["onnx"] = export_onnx(model, onnx_path, sample, predict_keras(model, sample))
-        if onnx_path.is_file():
-            extra_files["onnx"] = ONNX_FILE
+            onnx_path = bundle / ONNX_FILE
+            sample = splits["val"].x[:ONNX_CHECK_SAMPLES]
+            report["onnx"] = export_onnx(model, onnx_path, sample, predict_keras(model, sample))
+            extra_files["onnx"] = ONNX_FILE  # export_onnx raises unless the file is there and checked
             predict, latency = onnx_runner(onnx_path)
             ev = _evaluate(predict, splits, num_classes)
             artefacts.append({
@@ -441,21 +483,24 @@ def export_bundle(
                 "per_class_delta_pts": {k: _per_class_delta(float_eval[k], v, labels) for k, v in ev.items()},
                 "latency": latency(splits["val"].x[:1], runs=latency_runs),
             })
-    if spec.preflight == "edgetpu":
-        from train.edgetpu_preflight import preflight
-        from train.targets.coral import run_edgetpu_compiler
+        if spec.preflight == "edgetpu":
+            from train.edgetpu_preflight import preflight
+            from train.targets.coral import run_edgetpu_compiler
 
-        pf = preflight(primary_bytes)
-        compiler = run_edgetpu_compiler(bundle / spec.primary.filename, bundle, spec.compiler or "edgetpu_compiler")
-        pf.compiler = "ran" if compiler["ran"] else compiler["reason"]
-        report["edgetpu_preflight"] = pf.to_dict()
-        report["edgetpu_compiler"] = compiler
-        (bundle / "edgetpu_preflight.md").write_text(pf.to_markdown())
-        extra_files["edgetpu_preflight"] = "edgetpu_preflight.md"
-        if compiler.get("model"):
-            extra_files["edgetpu"] = compiler["model"]
-        if compiler.get("log"):
-            extra_files["edgetpu_compiler_log"] = compiler["log"]
+            pf = preflight(primary_bytes)
+            compiler = run_edgetpu_compiler(bundle / spec.primary.filename, bundle, spec.compiler or "edgetpu_compiler")
+            pf.compiler = "ran" if compiler["ran"] else compiler["reason"]
+            report["edgetpu_preflight"] = pf.to_dict()
+            report["edgetpu_compiler"] = compiler
+            (bundle / "edgetpu_preflight.md").write_text(pf.to_markdown())
+            extra_files["edgetpu_preflight"] = "edgetpu_preflight.md"
+            if compiler.get("model"):
+                extra_files["edgetpu"] = compiler["model"]
+            if compiler.get("log"):
+                extra_files["edgetpu_compiler_log"] = compiler["log"]
+    except TargetArtefactError as e:
+        e.bundle_dir = bundle
+        raise
     report["artefacts"] = artefacts
 
     # 5. The accuracy gate.
@@ -585,12 +630,9 @@ def report_markdown(report: dict) -> str:
                   + (f"; {len(g['warnings'])} warning(s)" if g["warnings"] else "") + ". Full output: gpu_compatibility.txt."]
     if "onnx" in report:
         o = report["onnx"]
-        if o.get("error"):
-            lines += ["", f"ONNX: export failed: {o['error']}"]
-        else:
-            lines += ["", f"ONNX vs Keras on {o['checked_images']} images: max |diff| {o['max_abs_diff']:.2e} "
-                      f"(tolerance {o['tolerance']:.0e}), top-1 agreement {o['top1_agreement']:.2%}.",
-                      f"On the Jetson: `{o['trtexec']}`"]
+        lines += ["", f"ONNX vs Keras on {o['checked_images']} images: max |diff| {o['max_abs_diff']:.2e} "
+                  f"(tolerance {o['tolerance']:.0e}), top-1 agreement {o['top1_agreement']:.2%}.",
+                  f"On the Jetson: `{o['trtexec']}`"]
     gate = report["gate"]
     lines += ["", f"Accuracy gate (max drop {gate['max_accuracy_drop_pts']} pts): {'PASSED' if gate['passed'] else 'FAILED'}"]
     for f in gate["failures"]:
@@ -605,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m train.export",
         description="Optimize a trained run (pruning, clustering, QAT, INT8) and write a model bundle for a device.",
-        epilog="Targets:\n" + describe_targets(),
+        epilog="Targets:\n" + describe_targets() + "\n\n" + EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--target", help=f"export target: {', '.join(list_targets())}")
@@ -699,4 +741,8 @@ def _summary(result: ExportResult) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under `python -m` this file is __main__, a second copy of train.export: run the real one, so
+    # the errors the target modules raise (train.export.TargetArtefactError) are those main() catches.
+    from train.export import main as _main
+
+    sys.exit(_main())

@@ -15,6 +15,9 @@ from train.targets import COMMON_OPTIONS, INT8_OPTIONS, Artefact, TargetSpec, re
 
 logger = logging.getLogger(__name__)
 
+COMPILER_LOG = "edgetpu_compiler.log"
+LOG_TAIL_LINES = 10
+
 
 @register_target
 def coral() -> TargetSpec:
@@ -32,8 +35,16 @@ def coral() -> TargetSpec:
     )
 
 
-def run_edgetpu_compiler(model_path: Path, out_dir: Path, compiler: str = "edgetpu_compiler") -> dict:
-    """Compile ``model_path`` into ``out_dir`` when ``compiler`` is on PATH; say so when it is not."""
+def run_edgetpu_compiler(model_path: Path, out_dir: Path, compiler: str = "edgetpu_compiler", timeout: float = 600) -> dict:
+    """Compile ``model_path`` into ``out_dir`` when ``compiler`` is on PATH; say so when it is not.
+
+    Not on PATH is no failure: the bundle then promises the compiler-ready model and the pre-flight
+    report. On PATH, it promises ``<stem>_edgetpu.tflite``: a compiler that cannot start, exits
+    non-zero, runs past ``timeout`` seconds or writes no model raises ``TargetArtefactError`` with
+    its exit code, the last lines of its output and the path of its log.
+    """
+    from train.export import TargetArtefactError
+
     exe = shutil.which(compiler)
     if exe is None:
         logger.warning(
@@ -42,16 +53,32 @@ def run_edgetpu_compiler(model_path: Path, out_dir: Path, compiler: str = "edget
         )
         return {"ran": False, "reason": f"{compiler} not on PATH", "command": f"{compiler} -s -o . {model_path.name}"}
     cmd = [exe, "-s", "-o", str(out_dir), str(model_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    log = out_dir / "edgetpu_compiler.log"
-    log.write_text(f"$ {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
+    log = out_dir / COMPILER_LOG
     compiled = out_dir / f"{model_path.stem}_edgetpu.tflite"
-    result = {"ran": True, "returncode": proc.returncode, "log": log.name, "command": " ".join(cmd)}
-    if proc.returncode == 0 and compiled.is_file():
-        result["model"] = compiled.name
-    else:
-        logger.warning("%s failed (exit %d); see %s", compiler, proc.returncode, log)
+    compiled.unlink(missing_ok=True)  # one left by an earlier export must not pass for this run's
+    remedy = (f"fix what {log.name} says (edgetpu_preflight.md lists the ops the Edge TPU cannot map) and export again; "
+              f"to ship the compiler-ready model uncompiled, export with {compiler} off PATH")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        log.write_text(f"$ {' '.join(cmd)}\n{_text(e.stdout)}\n{_text(e.stderr)}")
+        raise TargetArtefactError("coral", compiled.name, f"{compiler} did not finish in {timeout:g} s; its log: {log}", remedy) from e
+    except OSError as e:
+        raise TargetArtefactError("coral", compiled.name, f"{exe} cannot be run: {type(e).__name__}: {e}",
+                                  f"fix or reinstall {compiler}, or take it off PATH to ship the compiler-ready model") from e
+    log.write_text(f"$ {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
+    if proc.returncode != 0 or not compiled.is_file():
+        what = f"exited with code {proc.returncode}" if proc.returncode != 0 else f"exited 0 but wrote no {compiled.name}"
+        tail = [ln for ln in f"{proc.stdout}\n{proc.stderr}".splitlines() if ln.strip()][-LOG_TAIL_LINES:] or ["(no output)"]
+        raise TargetArtefactError(
+            "coral", compiled.name, f"{compiler} {what}; the end of its log ({log}):\n    " + "\n    ".join(tail), remedy
+        )
+    result = {"ran": True, "returncode": proc.returncode, "log": log.name, "command": " ".join(cmd), "model": compiled.name}
     m = re.search(r"Number of operations that will run on Edge TPU:\s*(\d+)", proc.stdout)
     if m:
         result["ops_on_edgetpu"] = int(m.group(1))
     return result
+
+
+def _text(out: str | bytes | None) -> str:
+    return out.decode(errors="replace") if isinstance(out, bytes) else (out or "")

@@ -60,11 +60,17 @@ def trtexec_command(onnx_file: str, input_name: str, hwc: list[int]) -> str:
 
 
 def export_onnx(model, path: Path, sample: np.ndarray, keras_scores: np.ndarray) -> dict:
-    """tf2onnx (dynamic batch, input ``pixels``), then onnxruntime against ``keras_scores`` on ``sample``."""
+    """tf2onnx (dynamic batch, input ``pixels``), then onnxruntime against ``keras_scores`` on ``sample``.
+
+    The target promises a checked ONNX, so each way of not getting one raises
+    ``TargetArtefactError``: tf2onnx fails, onnxruntime cannot run the file, or its scores differ
+    from ``keras_scores`` by more than ``ONNX_MAX_ABS_DIFF``.
+    """
     import onnxruntime as ort
     import tf2onnx
 
     from train._tf import tf
+    from train.export import TargetArtefactError
 
     shape = [None, *[int(d) for d in model.input_shape[1:]]]
     t0 = time.perf_counter()
@@ -72,22 +78,40 @@ def export_onnx(model, path: Path, sample: np.ndarray, keras_scores: np.ndarray)
         tf2onnx.convert.from_keras(
             model, input_signature=[tf.TensorSpec(shape, tf.float32, name="pixels")], opset=ONNX_OPSET, output_path=str(path)
         )
-    except Exception as e:  # tf2onnx raises whatever its graph rewrite hits
-        logger.warning("ONNX export failed: %s", e)
-        return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    except Exception as e:  # tf2onnx raises whatever its graph rewrite (or the file write) hits
+        raise TargetArtefactError(
+            "jetson", path.name, f"tf2onnx {tf2onnx.__version__} (opset {ONNX_OPSET}) failed: {type(e).__name__}: {e}",
+            "fix the cause above (a layer tf2onnx cannot convert, e.g. a Lambda: replace it with a standard layer; "
+            "or a bundle folder it cannot write to), then export again",
+        ) from e
     seconds = time.perf_counter() - t0
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    onnx_out = sess.run(None, {name: sample.astype(np.float32)})[0]
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        onnx_out = sess.run(None, {name: sample.astype(np.float32)})[0]
+    except Exception as e:  # onnxruntime's errors are its own pybind classes
+        raise TargetArtefactError(
+            "jetson", path.name, f"onnxruntime {ort.__version__} cannot run what tf2onnx wrote: {type(e).__name__}: {e}",
+            f"check that tf2onnx and onnxruntime come from the [train] extra (pip install -e '.[train]'); {path} is kept for inspection",
+        ) from e
     diff = float(np.abs(onnx_out - keras_scores).max())
+    top1 = float((onnx_out.argmax(1) == keras_scores.argmax(1)).mean())
+    if not diff <= ONNX_MAX_ABS_DIFF:  # also catches NaN
+        raise TargetArtefactError(
+            "jetson", path.name,
+            f"onnxruntime's scores differ from Keras's by up to {diff:.2e} on {len(sample)} images "
+            f"(tolerance {ONNX_MAX_ABS_DIFF:.0e}; top-1 agreement {top1:.2%})",
+            f"the ONNX graph does not compute what the Keras model does: look for a layer tf2onnx rewrites (custom or "
+            f"Lambda layers) or a tf2onnx/onnxruntime version mismatch; {path} is kept for inspection",
+        )
     return {
-        "ok": diff <= ONNX_MAX_ABS_DIFF,
+        "ok": True,
         "file": path.name,
         "opset": ONNX_OPSET,
         "input_name": name,
         "checked_images": int(len(sample)),
         "max_abs_diff": diff,
-        "top1_agreement": float((onnx_out.argmax(1) == keras_scores.argmax(1)).mean()),
+        "top1_agreement": top1,
         "tolerance": ONNX_MAX_ABS_DIFF,
         "convert_seconds": round(seconds, 2),
         "trtexec": trtexec_command(path.name, name, shape[1:]),
