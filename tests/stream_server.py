@@ -7,12 +7,19 @@ socket and every open client connection (the stream drops: clients see the conne
 new connections are refused); ``start()`` listens again on the same port. ``freeze()`` is a
 server that hangs instead: connections stay open and new ones are accepted, but nothing is
 sent (no frame, no response) until ``thaw()``.
+
+``RtspServer`` is a real RTSP server, GStreamer's (``rtsp_server.py`` run by the system python),
+serving the same JPEGs as RTP/JPEG; ``stop()`` terminates it, ``start()`` runs it again on the
+same port.
 """
 from __future__ import annotations
 
 import http.server
 import socket
+import subprocess
 import threading
+import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -176,4 +183,99 @@ def mjpeg_server(mnist_dir):
     """A started :class:`MjpegServer` of 40 real MNIST test digits at 15 fps."""
     x, y = load_mnist(mnist_dir, "test")
     with MjpegServer(digit_jpegs(x[:40], seed=7), fps=15, labels=y[:40]) as server:
+        yield server
+
+
+# -- RTSP ----------------------------------------------------------------------------------
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, which python3-gi installs into (the venv cannot see it)
+RTSP_SCRIPT = Path(__file__).with_name("rtsp_server.py")
+RTSP_APT = ("apt-get install -y python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base "
+            "gstreamer1.0-plugins-good")
+
+
+class RtspServer:
+    """GStreamer's RTSP server (``rtsp_server.py``, a subprocess of the system python) serving
+    ``frames`` (JPEG bytes, looped) at ``fps`` on ``rtsp://127.0.0.1:<port>/stream``.
+
+    Every connection starts at frame 0; ``labels`` (optional) are the frames' true classes.
+    ``stop()`` terminates the process (every connection drops, the port refuses); ``start()``
+    runs a new one on the same port. ``connections`` counts the RTSP clients it accepted.
+    """
+
+    def __init__(self, frames: list[bytes], workdir: Path, fps: float = 15.0, port: int | None = None,
+                 labels=None):
+        if not frames:
+            raise ValueError("no frames to serve")
+        if labels is not None and len(labels) != len(frames):
+            raise ValueError(f"{len(labels)} labels for {len(frames)} frames")
+        self.labels = None if labels is None else [int(v) for v in labels]
+        self.fps = fps
+        self.port = port or free_port()
+        self.workdir = Path(workdir)
+        self.frames_dir = self.workdir / "frames"
+        self.frames_dir.mkdir(parents=True, exist_ok=True)
+        for i, jpg in enumerate(frames):
+            (self.frames_dir / f"frame_{i:05d}.jpg").write_bytes(jpg)
+        self.log = self.workdir / "rtsp-server.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"rtsp://127.0.0.1:{self.port}/stream"
+
+    @property
+    def connections(self) -> int:
+        return self.log_text().count("rtsp-server: client connected")
+
+    def log_text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    def start(self, timeout: float = 30.0) -> "RtspServer":
+        if self.proc is not None:
+            return self
+        if not Path(SYSTEM_PYTHON).exists():
+            pytest.fail(f"{SYSTEM_PYTHON} is missing (GStreamer's RTSP server runs on it): {RTSP_APT}")
+        with self.log.open("a") as f:  # a file, not a pipe: nobody reads it while the stream runs
+            self.proc = subprocess.Popen([SYSTEM_PYTHON, str(RTSP_SCRIPT), str(self.port), str(self.frames_dir),
+                                          str(self.fps)], stdout=f, stderr=subprocess.STDOUT)
+        ready = self.log_text().count("rtsp-server: ready") + 1
+        end = time.monotonic() + timeout
+        while self.log_text().count("rtsp-server: ready") < ready:
+            if self.proc.poll() is not None:
+                rc, self.proc = self.proc.returncode, None
+                if rc == 3:  # the script's "not installed"
+                    said = self.log_text().strip().splitlines()[-1:]
+                    pytest.fail(f"GStreamer's RTSP server is not installed: {RTSP_APT} ({RTSP_SCRIPT.name}: {said})")
+                raise RuntimeError(f"the RTSP server exited with {rc}:\n{self.log_text()}")
+            if time.monotonic() > end:
+                self.stop()
+                raise RuntimeError(f"the RTSP server did not start within {timeout} s:\n{self.log_text()}")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM: the process ends, every connection drops, the port refuses."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> "RtspServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+@pytest.fixture
+def rtsp_server(mnist_dir, tmp_path):
+    """A started :class:`RtspServer` of 40 real MNIST test digits at 15 fps."""
+    x, y = load_mnist(mnist_dir, "test")
+    with RtspServer(digit_jpegs(x[:40], seed=7), tmp_path / "rtsp", fps=15, labels=y[:40]) as server:
         yield server

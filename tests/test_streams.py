@@ -1,5 +1,6 @@
-"""Network streams for real: a loopback MJPEG-over-HTTP server (``stream_server``), the device
-opening it as ``--rtsp URL`` (OpenCV's FFmpeg backend), a real INT8 bundle and a real mosquitto.
+"""Network streams for real: a loopback MJPEG-over-HTTP server and GStreamer's RTSP server
+(``stream_server``), the device opening them as ``--rtsp URL`` (OpenCV's FFmpeg backend), a real
+INT8 bundle and a real mosquitto.
 
 The server drops (connections closed, port refused) or hangs (nothing sent, requests not
 answered) mid-stream; the device must report the disconnect and the reconnect on ``event``
@@ -23,6 +24,7 @@ from mqtt_fixtures import Collector, mosquitto  # noqa: F401  (fixture)
 from contract import validate
 from sdk_bundle_fixture import sdk_bundle  # noqa: F401  (fixture)
 from stream_server import mjpeg_server  # noqa: F401  (fixture)
+from stream_server import rtsp_server  # noqa: F401  (fixture)
 
 import sdk
 from sdk.config import Config
@@ -230,3 +232,86 @@ def test_rtsp_transport_option_is_for_rtsp_urls_only(monkeypatch):
         open_stream("rtsp://127.0.0.1:9/stream1", transport="quic")
     with pytest.raises(ValueError, match="timeouts must be > 0"):
         open_stream("http://127.0.0.1:9/stream.mjpg", read_timeout_s=0)
+
+
+@pytest.mark.slow
+def test_rtsp_server_terminated_and_restarted_cli_reconnects(sdk_bundle, rtsp_server, mosquitto, tmp_path):
+    """``edge-classify --rtsp URL`` against a real RTSP server (GStreamer's, RTP/JPEG over the RTSP
+    TCP connection): the server process is terminated mid-stream and started again on the same
+    port 2 s later; the device reports both on ``event`` with its backoff and loses no result."""
+    server = rtsp_server
+    cfg = tmp_path / "device.yaml"
+    s = settings(sdk_bundle, server.url, mosquitto, tmp_path, {"open_timeout_s": 5.0, "read_timeout_s": 5.0})
+    cfg.write_text(yaml.safe_dump({k: v for k, v in s.items() if k != "source"}))
+    col = Collector(mosquitto.port, (f"edge/v1/{DEVICE}/#",))
+    assert col.wait_subscribed()
+    log = tmp_path / "edge-classify.log"
+    with log.open("w") as f:  # a file, not a pipe: a full pipe would block the device's logging
+        proc = subprocess.Popen([sys.executable, "-m", "sdk.cli", "--rtsp", server.url, "--config", str(cfg), "-v"],
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=f)
+
+    def wait(pred, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if pred():
+                return True
+            if proc.poll() is not None:
+                raise AssertionError(f"edge-classify exited with {proc.returncode}:\n{log.read_text()}")
+            time.sleep(0.05)
+        return pred()
+
+    try:
+        assert wait(lambda: len(col.on(f"{DEVICE}/result")) >= 15, 60), f"no results:\n{server.log_text()}"
+        before = server.connections
+        server.stop()  # SIGTERM: the RTSP connection drops, the port refuses
+        stopped = time.monotonic()
+        assert wait(lambda: "source_disconnected" in event_kinds(col), 20), event_kinds(col)
+        # down for 2 s, and for 1 s after the device noticed: its first attempt (after 0.2 s) must fail
+        time.sleep(max(0.0, stopped + 2.0 - time.monotonic(), 1.0))
+        restarted = time.time()
+        server.start()
+        assert wait(lambda: "source_reconnected" in event_kinds(col), 20), event_kinds(col)
+        assert wait(lambda: results_after(col, restarted) >= 15, 30), "no results after the reconnect"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        assert proc.returncode == 0, log.read_text()
+        assert col.wait_for(lambda c: "stopped" in event_kinds(c), 20)
+        evs = validate("event", col.on(f"{DEVICE}/event"))
+        stopped_ev = next(e for e in evs if e["event"] == "stopped")
+        assert stopped_ev["detail"]["reason"] == "stopped"
+        published = stopped_ev["detail"]["published"]
+        assert published >= 30
+        results = assert_every_result_arrived(col, published, stopped_ev["run_id"])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        col.close()
+
+    kinds = [e["event"] for e in evs]
+    assert kinds.count("source_disconnected") == kinds.count("source_reconnected") == 1, kinds
+    assert kinds.index("started") < kinds.index("source_disconnected") < kinds.index("source_reconnected") \
+        < kinds.index("stopped")
+    lost = evs[kinds.index("source_disconnected")]["detail"]
+    back = evs[kinds.index("source_reconnected")]["detail"]
+    assert lost["source"] == back["source"] == server.url
+    assert lost["retry_in_s"] == BACKOFF["reconnect_min_s"] and lost["backoff_max_s"] == BACKOFF["reconnect_max_s"]
+    assert lost["failed_reads"] >= 1 and lost["no_frame_for_s"] < 5.0  # a dropped connection is seen at once
+    assert back["attempts"] >= 2, back  # the server was still down at the first attempts
+    assert back["delays_s"] == expected_delays(back["attempts"]), back  # doubling backoff, capped
+    assert back["downtime_s"] >= sum(back["delays_s"]) - 0.01 and back["downtime_s"] >= 1.0, back
+    assert before >= 1 and server.connections >= before + 1, server.log_text()  # the new process served it
+    metrics = validate("metrics", col.on(f"{DEVICE}/metrics"))
+    assert metrics[-1]["source_reconnects"] == 1
+
+    # real frames: before the drop, frame k of the device is frame k of the server's first session
+    first = [r for r in results if r["ts"] < restarted]
+    assert len(first) >= 10
+    correct = sum(int(r["top_k"][0]["label"]) == server.labels[r["frame_id"] % len(server.labels)] for r in first)
+    assert correct >= 0.8 * len(first), f"{correct} of {len(first)} digits right"
+    # after it, the new session starts at the server's frame 0 again, at a frame_id the source chose
+    after = [r for r in results if r["ts"] > restarted]
+    n = len(server.labels)
+    correct = max(sum(int(r["top_k"][0]["label"]) == server.labels[(r["frame_id"] - k) % n] for r in after)
+                  for k in range(n))
+    assert correct >= 0.8 * len(after), f"{correct} of {len(after)} digits right after the reconnect"
