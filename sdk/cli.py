@@ -16,6 +16,7 @@ import threading
 from typing import Sequence
 
 from .errors import EXIT_CODES, ConfigError, EdgeError
+from .mqtt_args import add_credential_arguments, add_tls_arguments, wants_tls
 
 logger = logging.getLogger("sdk.cli")
 
@@ -61,6 +62,9 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--preprocess", choices=["auto", "plain", "digit"], help="override the bundle's preprocessing")
     p.add_argument("--publish", choices=["every", "change"], help="publish every frame or only on a label change")
     p.add_argument("--outbox", metavar="PATH", help="store-and-forward sqlite file (':memory:' for none)")
+    g = p.add_argument_group("broker TLS and credentials (override mqtt.tls and mqtt.*_env of the config)")
+    add_tls_arguments(g)
+    add_credential_arguments(g, defaults=False)
     p.add_argument("--persistent-session", action="store_true", default=None,
                    help="keep the MQTT session on the broker (updates sent while offline arrive on reconnect)")
     p.add_argument("--update-key", metavar="PUB", help="ed25519 public key: accept only model updates signed with it")
@@ -94,6 +98,12 @@ def _overrides(a: argparse.Namespace) -> dict:
         mqtt["outbox_path"] = a.outbox
     if a.persistent_session:
         mqtt["persistent_session"] = True
+    if wants_tls(a):
+        tls = {"ca_certs": a.ca_certs, "certfile": a.certfile, "keyfile": a.keyfile, "insecure": a.tls_insecure}
+        mqtt["tls"] = {"enabled": True, **{k: v for k, v in tls.items() if v is not None}}
+    for key in ("username_env", "password_env"):
+        if getattr(a, key) is not None:
+            mqtt[key] = getattr(a, key)
     if mqtt:
         o["mqtt"] = mqtt
     update = {k: v for k, v in {"public_key": a.update_key, "store_dir": a.update_store}.items() if v is not None}

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .mqtt import DEFAULT_PASSWORD_ENV, DEFAULT_USERNAME_ENV
 from .topics import DEFAULT_PREFIX, FLEET, is_segment
 
 
@@ -84,8 +85,8 @@ class MqttSettings(_Strict):
     topic_prefix: str = Field(DEFAULT_PREFIX, description="First topic level(s); topics are <prefix>/v1/<device>/...")
     client_id: str | None = Field(None, description="MQTT client id (None: edgeclf-<device_id>).")
     keepalive: int = Field(30, ge=5, le=3600, description="MQTT keepalive in seconds.")
-    username_env: str | None = Field("EDGECLF_MQTT_USERNAME", description="Environment variable holding the user name.")
-    password_env: str | None = Field("EDGECLF_MQTT_PASSWORD", description="Environment variable holding the password.")
+    username_env: str | None = Field(DEFAULT_USERNAME_ENV, description="Environment variable holding the user name.")
+    password_env: str | None = Field(DEFAULT_PASSWORD_ENV, description="Environment variable holding the password.")
     tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS settings.")
     outbox_path: str | None = Field(
         None, description="sqlite file of the store-and-forward queue (None: ~/.cache/edgeclf/outbox-<device>.sqlite; ':memory:' for none on disk).")

@@ -37,6 +37,8 @@ from .errors import BrokerCertificateError, BrokerHostnameError, MqttConfigError
 logger = logging.getLogger(__name__)
 
 Message = tuple[str, bytes, int, bool]  # topic, payload, qos, retain
+DEFAULT_USERNAME_ENV = "EDGECLF_MQTT_USERNAME"  # the environment variables the credentials come from
+DEFAULT_PASSWORD_ENV = "EDGECLF_MQTT_PASSWORD"
 MessageCallback = Callable[[str, bytes], None]  # (topic, payload), called on paho's network thread
 
 
@@ -111,7 +113,7 @@ class Outbox:
                 (topic, payload, qos, int(retain), time.time()),
             )
             self._count += 1
-            return int(cur.lastrowid)
+            return int(cur.lastrowid or 0)  # an INSERT always sets it
 
     def peek(self, after_id: int, limit: int) -> list[tuple[int, str, bytes, int, bool]]:
         with self._lock:
@@ -261,7 +263,7 @@ class MqttPublisher:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
                         clean_session=clean_session)
         c.max_inflight_messages_set(window)
-        c.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
+        c.reconnect_delay_set(reconnect_min_s, reconnect_max_s)  # type: ignore[arg-type]  # paho takes floats
         self.tls = tls
         self._handshakes = tls.apply(c) if tls is not None else None
         if username is not None:
@@ -448,7 +450,7 @@ class MqttPublisher:
 
     def _on_connect_fail(self, client, userdata) -> None:
         error = self._handshakes.take() if self._handshakes is not None else None
-        if error is None:
+        if error is None or self.tls is None:
             return  # TCP weather (refused, unreachable): paho retries with backoff
         refusal = self.tls.refusal(self.host, self.port, error)
         self.last_error = str(refusal) if refusal else f"TLS handshake with {self.host}:{self.port} failed: {error}"

@@ -12,7 +12,7 @@ import pytest
 
 from mqtt_fixtures import USERS, make_pki, secure_broker
 from sdk_bundle_fixture import load_mnist, sdk_bundle  # noqa: F401  (fixture)
-from videos import write_digit_video
+from train.videos import write_digit_video
 
 import sdk
 from sdk import cli
@@ -68,7 +68,8 @@ def test_device_refuses_the_broker_and_keeps_what_it_classified(refusing_broker,
     outbox = tmp_path / "outbox.sqlite"
     args = ["--video", str(video), "--loop", "--fps-cap", "50", "--max-frames", "2000", "--model", str(sdk_bundle),
             "--broker", f"localhost:{broker.port}", "--device-id", "dev1", "--outbox", str(outbox), "--no-update",
-            "--config", str(_tls_config(tmp_path, pki))]
+            "--config", str(_short_flush(tmp_path)), "--ca-certs", str(pki.ca), "--certfile", str(pki.client_cert),
+            "--keyfile", str(pki.client_key)]
     t0 = time.monotonic()
     code = cli.main(args)
     err = capsys.readouterr().err
@@ -81,10 +82,9 @@ def test_device_refuses_the_broker_and_keeps_what_it_classified(refusing_broker,
         db.close()
 
 
-def _tls_config(tmp_path, pki):
-    path = tmp_path / "tls.yaml"
-    path.write_text(f"mqtt:\n  tls: {{enabled: true, ca_certs: {pki.ca}, certfile: {pki.client_cert}, "
-                    f"keyfile: {pki.client_key}}}\n  flush_timeout_s: 3\nsampling: {{enabled: false}}\n")
+def _short_flush(tmp_path):
+    path = tmp_path / "device.yaml"
+    path.write_text("mqtt: {flush_timeout_s: 3}\nsampling: {enabled: false}\n")
     return path
 
 
@@ -102,7 +102,7 @@ def test_sdk_run_raises_the_refusal(refusing_broker, sdk_bundle, video, tmp_path
 def test_collector_refuses_the_broker(refusing_broker, tmp_path, capsys):
     case, broker, pki = refusing_broker
     code = collect.main(["--broker", f"localhost:{broker.port}", "--out", str(tmp_path / "feedback"),
-                         "--tls-ca", str(pki.ca), "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key),
+                         "--ca-certs", str(pki.ca), "--certfile", str(pki.client_cert), "--keyfile", str(pki.client_key),
                          "--timeout", "20", "-q"])
     _expect(case, code, capsys.readouterr().err, broker.port)
 
@@ -140,3 +140,15 @@ def test_the_same_clients_connect_when_the_certificate_is_right(tmp_path, sdk_bu
                              "--keyfile", str(pki.client_key)]) == 0
     finally:
         broker.stop()
+
+
+def test_the_connection_flags_are_spelled_the_same_in_every_command(capsys):
+    flags = ["--tls", "--ca-certs", "--certfile", "--keyfile", "--tls-insecure", "--username-env", "--password-env"]
+    for name, main in (("edge-classify", cli.main), ("train.collect", collect.main), ("train.publish", publish.main)):
+        try:
+            main(["--help"])
+        except SystemExit:  # train.collect leaves --help to argparse
+            pass
+        out = capsys.readouterr().out
+        missing = [f for f in flags if f"{f} " not in out and f"{f}\n" not in out]
+        assert not missing, (name, missing)

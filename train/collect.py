@@ -1,7 +1,7 @@
 """Collect the uncertain frames devices send back (``<prefix>/v1/+/sample``) into a feedback store.
 
     python -m train.collect --broker mqtt.local:1883 --out feedback/
-    python -m train.collect --broker HOST:8883 --out feedback/ --tls-ca ca.pem --group site-a --max-mb 500
+    python -m train.collect --broker HOST:8883 --out feedback/ --ca-certs ca.pem --group site-a --max-mb 500
 
 Nothing is lost while the collector is down or when it crashes:
 
@@ -41,6 +41,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from sdk.mqtt import TlsSettings, credentials_from_env, parse_broker
+from sdk.mqtt_args import add_credential_arguments, add_tls_arguments, tls_from_args
 from sdk.topics import DEFAULT_PREFIX, all_devices, check_prefix, check_segment, device_of
 from train.feedback import FeedbackError, FeedbackStore
 
@@ -295,14 +296,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="perceptual-hash bits under which a sample is a duplicate of a recent one (default: 4)")
     p.add_argument("--rejected-mb", type=_number(float, 0), default=10.0,
                    help="keep invalid payloads in <out>/rejected/ up to this many MB (0: do not keep; default: 10)")
-    p.add_argument("--tls-ca", help="CA certificate that signed the broker's (enables TLS)")
-    p.add_argument("--tls-cert", help="client certificate (with --tls-key)")
-    p.add_argument("--tls-key", help="client private key")
-    p.add_argument("--tls-insecure", action="store_true", help="skip the broker host name check (lab only)")
-    p.add_argument("--username-env", default="EDGECLF_MQTT_USERNAME",
-                   help="environment variable holding the MQTT user name (default: EDGECLF_MQTT_USERNAME)")
-    p.add_argument("--password-env", default="EDGECLF_MQTT_PASSWORD",
-                   help="environment variable holding the MQTT password (default: EDGECLF_MQTT_PASSWORD)")
+    g = p.add_argument_group("TLS and credentials (the same flags as train.publish and edge-classify)")
+    add_tls_arguments(g)
+    add_credential_arguments(g)
+    # the spellings of earlier releases, kept working
+    for old, dest in (("--tls-ca", "ca_certs"), ("--tls-cert", "certfile"), ("--tls-key", "keyfile")):
+        p.add_argument(old, dest=dest, help=argparse.SUPPRESS)
     p.add_argument("--max-messages", type=_number(int, 1),
                    help="exit after handling this many messages (scripted runs)")
     p.add_argument("--timeout", type=_number(float, 0, strict=True), help="exit after this many seconds")
@@ -331,13 +330,10 @@ def main(argv: list[str] | None = None) -> int:
         host, port = parse_broker(args.broker)
     except ValueError as e:
         p.error(f"--broker: {e}")
-    tls = None
-    if args.tls_ca or args.tls_cert or args.tls_key:
-        tls = TlsSettings(args.tls_ca, args.tls_cert, args.tls_key, args.tls_insecure)
-        try:
-            tls.check()
-        except ValueError as e:
-            p.error(str(e))
+    try:
+        tls = tls_from_args(args)
+    except ValueError as e:
+        p.error(str(e))
     labels = _read_labels(p, args.labels)
     user, password = credentials_from_env(args.username_env, args.password_env)
     try:

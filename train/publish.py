@@ -36,6 +36,7 @@ from pydantic import ValidationError
 from sdk.bundle import BundleError, verify_bundle
 from sdk.errors import MqttConfigError
 from sdk.mqtt import MqttPublisher, Outbox, TlsSettings, credentials_from_env, parse_broker
+from sdk.mqtt_args import add_credential_arguments, add_tls_arguments, tls_from_args
 from sdk.topics import DEFAULT_PREFIX, FLEET, Topics, all_devices, device_of, fleet_model_set
 from sdk.update import (DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, encode, generate_keypair, load_private_key,
                         make_rollback, make_update, pack_bundle)
@@ -310,15 +311,8 @@ def _add_connection(p: argparse.ArgumentParser) -> None:
     g.add_argument("--broker", required=True, metavar="HOST:PORT", help="MQTT broker")
     g.add_argument("--prefix", default=DEFAULT_PREFIX, help="topic prefix (mqtt.topic_prefix of the devices)")
     g.add_argument("--client-id", help="MQTT client id (default: random)")
-    g.add_argument("--tls", action="store_true", help="connect with TLS (implied by the TLS file options)")
-    g.add_argument("--ca-certs", metavar="PEM", help="CA that signed the broker's certificate")
-    g.add_argument("--certfile", metavar="PEM", help="client certificate (mutual TLS)")
-    g.add_argument("--keyfile", metavar="PEM", help="client private key (mutual TLS)")
-    g.add_argument("--tls-insecure", action="store_true", help="skip the broker host name check (lab only)")
-    g.add_argument("--username-env", default="EDGECLF_MQTT_USERNAME", metavar="VAR",
-                   help="environment variable holding the MQTT user name")
-    g.add_argument("--password-env", default="EDGECLF_MQTT_PASSWORD", metavar="VAR",
-                   help="environment variable holding the MQTT password")
+    add_tls_arguments(g)
+    add_credential_arguments(g)
     g.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="give up connecting after S s")
     t = p.add_argument_group("targets")
     x = t.add_mutually_exclusive_group(required=True)
@@ -332,13 +326,10 @@ def _add_connection(p: argparse.ArgumentParser) -> None:
 
 
 def _connection_kwargs(a: argparse.Namespace) -> dict:
-    tls = None
-    if a.tls or a.ca_certs or a.certfile or a.keyfile or a.tls_insecure:
-        tls = TlsSettings(a.ca_certs, a.certfile, a.keyfile, a.tls_insecure)
-        try:
-            tls.check()
-        except MqttConfigError as e:
-            raise BadInput(str(e)) from e
+    try:
+        tls = tls_from_args(a)
+    except MqttConfigError as e:
+        raise BadInput(str(e)) from e
     user, password = credentials_from_env(a.username_env, a.password_env)
     return {"prefix": a.prefix, "tls": tls, "username": user, "password": password, "client_id": a.client_id,
             "connect_timeout_s": a.connect_timeout, "sign_key": a.sign_key, "wait_s": a.wait,
