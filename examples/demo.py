@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "examples"), str(REPO / "tests")]
+sys.path[:0] = [str(REPO), str(REPO / "examples")]
 SAMPLE = REPO / "examples" / "mnist_sample.npz"
 
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== 2. reusing the bundle in {bundle}")
 
     print("== 3. writing a sample video of held-out test digits on paper", flush=True)
-    from videos import write_digit_video
+    from train.videos import write_digit_video
 
     test = load_dataset(str(SAMPLE), split="test")
     video = write_digit_video(a.workdir / "digits.avi", test.x[: a.frames, :, :, 0], seed=0)

@@ -5,8 +5,8 @@
 Starts an amqtt broker inside this process on a free loopback port, subscribes to ``edge/#``
 like any consumer would (``mosquitto_sub``, Home Assistant, Node-RED), runs ``sdk.run`` (the
 library twin of ``edge-classify``) on the video, and prints what the subscriber received.
-Without ``--video``, a video of real MNIST test digits on paper is written first; without
-``--model``, the small test bundle is built (needs TensorFlow: pip install 'edgeclf[train]').
+Without ``--video``, a video of real MNIST test digits on paper (from ``examples/mnist_sample.npz``)
+is written first. ``examples/demo.py`` trains and exports the model first and then runs this.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import collections
 import json
-import os
 import socket
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
-SHARED = Path(os.environ.get("EDGECLF_SHARED_DATA", REPO.parent / "shared" / "data"))
+SAMPLE = REPO / "examples" / "mnist_sample.npz"  # real MNIST digits shipped with the repo
 
 
 def free_port() -> int:
@@ -99,23 +98,19 @@ def subscriber(port: int, received: list):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, help="model bundle (default: build the small test bundle)")
+    ap.add_argument("--model", type=Path, required=True,
+                    help="model bundle (python -m train.export, or run examples/demo.py for the whole loop)")
     ap.add_argument("--video", type=Path, help="video file (default: write one of MNIST test digits on paper)")
     ap.add_argument("--frames", type=int, default=30, help="digits in the generated video")
     ap.add_argument("--device-id", default="demo")
     a = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="edgeclf-demo-"))
-    sys.path.insert(0, str(REPO / "tests"))
-    if a.model is None:
-        from sdk_bundle_fixture import cached_bundle
-
-        print("building the small test bundle (TensorFlow, about a minute)...", flush=True)
-        a.model = cached_bundle(work, SHARED / "mnist")
     if a.video is None:
-        from sdk_bundle_fixture import load_mnist
-        from videos import write_digit_video
+        import numpy as np
 
-        x, _ = load_mnist(SHARED / "mnist", "test")
+        from train.videos import write_digit_video
+
+        x = np.load(SAMPLE)["x_test"]
         a.video = write_digit_video(work / "digits.avi", x[: a.frames], seed=0)
 
     import sdk

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 from mqtt_fixtures import Collector, mosquitto  # noqa: F401  (fixture)
-from videos import write_digit_video
+from train.videos import write_digit_video
 
 import sdk
 from sdk.config import Config

@@ -30,7 +30,7 @@ import pytest
 from mqtt_fixtures import Broker, Collector, mosquitto  # noqa: F401  (fixture)
 from contract import validate
 from sdk_bundle_fixture import load_mnist, sdk_bundle, small_cnn, write_int8_bundle  # noqa: F401  (fixture)
-from videos import write_digit_video
+from train.videos import write_digit_video
 
 import sdk
 from sdk.bundle import MODEL_FILE, BundleError, load_manifest, verify_bundle

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sdk_bundle_fixture import sdk_bundle  # noqa: F401  (fixture)
-from videos import write_digit_video
+from train.videos import write_digit_video
 
 from sdk.cli import main
 from sdk.config import Config, load_config
@@ -180,7 +180,7 @@ def test_run_without_mqtt_and_images_dir(sdk_bundle, tmp_path, mnist_dir, capsys
     import numpy as np
 
     from sdk_bundle_fixture import load_mnist
-    from videos import paper_frame
+    from train.videos import paper_frame
 
     x, y = load_mnist(mnist_dir, "test")
     rng = np.random.default_rng(0)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from sdk_bundle_fixture import load_mnist, sdk_bundle  # noqa: F401  (fixture)
-from videos import paper_frame, write_digit_video
+from train.videos import paper_frame, write_digit_video
 
 from sdk.pipeline import Classifier
 from sdk.preprocess import centre_digit, find_digit

@@ -17,7 +17,7 @@ import pytest
 from mqtt_fixtures import Broker, Collector, free_port, mosquitto  # noqa: F401  (fixture)
 from contract import validate
 from sdk_bundle_fixture import load_mnist, sdk_bundle  # noqa: F401  (fixture)
-from videos import paper_frame, write_digit_video
+from train.videos import paper_frame, write_digit_video
 
 import sdk
 from sdk.config import Config

@@ -10,7 +10,7 @@ import pytest
 
 from mqtt_fixtures import USERS, Collector, secure_mosquitto  # noqa: F401  (fixture)
 from sdk_bundle_fixture import load_mnist, sdk_bundle  # noqa: F401  (fixture)
-from videos import write_digit_video
+from train.videos import write_digit_video
 
 import sdk
 from sdk.config import Config

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import jsonschema
@@ -222,3 +223,18 @@ def test_names_that_become_topics_are_matched_whole():
     assert device_of("edge/v1/fleet/model/state", "model/state") is None
     assert device_of("edge/v1/cam-1/result", "sample") is None
     assert all_devices("sample") == "edge/v1/+/sample"
+
+
+def test_the_demo_does_not_import_from_tests():
+    """The demo runs on a user's machine, where tests/ and ../shared need not exist."""
+    import ast
+
+    repo = Path(__file__).resolve().parents[1]
+    test_modules = {p.stem for p in (repo / "tests").glob("*.py")}
+    for script in sorted((repo / "examples").glob("*.py")):
+        tree = ast.parse(script.read_text())
+        imported = {n.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for n in node.names}
+        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.module}
+        assert not imported & test_modules, (script.name, imported & test_modules)
+        assert '"tests"' not in script.read_text() and "'tests'" not in script.read_text(), script.name
