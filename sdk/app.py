@@ -123,7 +123,7 @@ def run(config: Config, stop: threading.Event | None = None, status_stream: Text
             stack.callback(publisher.close, config.mqtt.flush_timeout_s)
         pipeline = Pipeline(source, classifier, publisher, topics, settings, sampler, status_stream)
         if publisher is not None:
-            if updates:  # subscribe before connecting: a persistent session delivers at once
+            if updates and store is not None:  # subscribe before connecting: a persistent session delivers at once
                 updater = ModelUpdater(topics=topics, publisher=publisher, target=pipeline,
                                        make_classifier=make_classifier, store=store, configured_model=config.model,
                                        policy=policy, run_id=pipeline.run_id,

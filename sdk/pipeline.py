@@ -136,6 +136,7 @@ class Pipeline:
         self._swap_lock = threading.Lock()
         self._swaps: list[tuple[Classifier, Future]] = []
         self._accepting_swaps = True  # until run() ends
+        self._last_score: float | None = None
 
     # -- model swaps (called from other threads) -----------------------------------------
     def request_swap(self, classifier: Classifier) -> Future:
@@ -299,7 +300,7 @@ class Pipeline:
         stop = stop or threading.Event()
         st = self.settings
         started = time.monotonic()
-        self._last_score: float | None = None
+        self._last_score = None
         self._event("started", {"model": self.classifier.model_info, "source": type(self.source).__name__})
         ended_by = "stopped"
         try:

@@ -124,7 +124,8 @@ class VideoFileSource(_Base):
         return False
 
     def _decode(self, first: np.ndarray) -> None:
-        img, frame_id = first, 0
+        img: np.ndarray | None = first
+        frame_id = 0
         try:
             while img is not None:
                 if not self._put(Frame(img, frame_id, time.time())):
@@ -235,7 +236,7 @@ class LiveSource(_Base):
             raise SourceOpenError(f"{name}: cannot open (no frame could be read)")
         self._cap = cap
         self.connected = True
-        self._publish_frame(img)
+        self._publish_frame(img)  # type: ignore[arg-type]  # read() gave ok, so a frame
         self._thread = threading.Thread(target=self._run, name=f"capture-{name}", daemon=True)
         self._thread.start()
 
@@ -253,7 +254,7 @@ class LiveSource(_Base):
         self.connected = False
         down = time.monotonic()
         self._cap.release()
-        delay, attempts, delays = self.backoff_min_s, 0, []
+        delay, attempts, delays = self.backoff_min_s, 0, list[float]()
         logger.warning("%s: stream lost (no frame for %.1fs); reconnecting in %.1fs", self.name, down - last_frame,
                        delay)
         self._events.append(("source_disconnected", {
@@ -273,7 +274,7 @@ class LiveSource(_Base):
                           "delays_s": delays}
                 logger.info("%s: reconnected after %d attempts", self.name, attempts)
                 self._events.append(("source_reconnected", detail))
-                self._publish_frame(img)
+                self._publish_frame(img)  # type: ignore[arg-type]  # read() gave ok, so a frame
                 return True
             if cap is not None:
                 cap.release()

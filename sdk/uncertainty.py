@@ -94,7 +94,7 @@ def encode_image(image: np.ndarray, fmt: str = "jpeg", max_bytes: int = 48_000, 
     s = min(1.0, max_side / max(h, w))
     while True:
         img = image if s >= 1 else cv2.resize(image, (max(1, int(w * s)), max(1, int(h * s))), interpolation=cv2.INTER_AREA)
-        qualities = [quality, 70, 50, 30] if fmt == "jpeg" else [None]
+        qualities = [quality, 70, 50, 30] if fmt == "jpeg" else [0]  # PNG: one try, lossless
         for q in qualities:
             if fmt == "jpeg":
                 ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, q])
