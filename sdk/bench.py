@@ -7,15 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import classify
+from . import batch
 from .runtime import load_bundle
-
-
-def _summary(times_s: list[float]) -> dict:
-    a = np.asarray(times_s) * 1e3
-    return {"runs": len(a), "p50_ms": round(float(np.percentile(a, 50)), 4),
-            "p95_ms": round(float(np.percentile(a, 95)), 4), "mean_ms": round(float(a.mean()), 4),
-            "fps": round(float(1e3 / a.mean()), 1) if a.mean() > 0 else None}
 
 
 def bench_interpreter(bundle_dir: str | Path, runs: int = 500, warmup: int = 20, delegate: str = "auto",
@@ -24,20 +17,9 @@ def bench_interpreter(bundle_dir: str | Path, runs: int = 500, warmup: int = 20,
     if runs < 1:
         raise ValueError(f"runs must be >= 1 (got {runs})")
     b = load_bundle(bundle_dir, delegate, num_threads)
-    it = b.interpreter
-    d = classify.input_details(it)
-    rng = np.random.default_rng(0)
-    x = classify.quantize(rng.uniform(0, 255, d["shape"]) * b.manifest.input.normalization.scale
-                          + b.manifest.input.normalization.offset, d)
-    times = []
-    for i in range(warmup + runs):
-        t = time.perf_counter()
-        classify.set_input(it, x)
-        it.invoke()
-        classify.scores(it)
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return {"model": b.manifest.name, "version": b.manifest.version, "delegate": b.delegate, **_summary(times)}
+    pixels = np.random.default_rng(0).uniform(0, 255, b.manifest.input.shape)
+    lat = batch.latency(b.interpreter, pixels, normalization=b.manifest.input.normalization, runs=runs, warmup=warmup)
+    return {"model": b.manifest.name, "version": b.manifest.version, "delegate": b.delegate, **lat}
 
 
 def bench_decode(video: str | Path, max_frames: int | None = None) -> dict:

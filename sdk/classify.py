@@ -48,15 +48,19 @@ def set_input(interpreter: Any, tensor: np.ndarray) -> None:
     interpreter.set_tensor(detail["index"], tensor.reshape(detail["shape"]))
 
 
-def scores(interpreter: Any) -> np.ndarray:
-    """The output as float64, dequantized: scale * (q - zero_point), computed in int64."""
-    detail = interpreter.get_output_details()[0]
-    raw = interpreter.get_tensor(detail["index"])[0]
+def dequantize(raw: np.ndarray, detail: dict) -> np.ndarray:
+    """Tensor values -> float64: scale * (q - zero_point), computed in int64, for an integer tensor."""
     if np.issubdtype(raw.dtype, np.integer):
         scale, zero_point = detail["quantization"]
         if scale:
             return scale * (raw.astype(np.int64) - zero_point)
     return raw.astype(np.float64)
+
+
+def scores(interpreter: Any) -> np.ndarray:
+    """The output as float64, dequantized: scale * (q - zero_point), computed in int64."""
+    detail = interpreter.get_output_details()[0]
+    return dequantize(interpreter.get_tensor(detail["index"])[0], detail)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

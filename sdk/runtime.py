@@ -32,18 +32,29 @@ def resolve_delegate(model_path: str | Path, delegate: str = "auto") -> str:
     return delegate
 
 
-def make_interpreter(model_path: str | Path, delegate: str = "auto", num_threads: int | None = None,
+def backend_name() -> str:
+    """The interpreter package in use: ``ai_edge_litert``, ``tflite_runtime`` or ``tensorflow`` (tf.lite)."""
+    return _interp.backend()[0]
+
+
+def make_interpreter(model_path: str | Path | bytes, delegate: str = "auto", num_threads: int | None = None,
                      device: str | None = None) -> Any:
     """A stock TFLite interpreter with tensors allocated.
 
+    ``model_path`` is a .tflite file or its bytes (a model just converted on the host).
     ``delegate``: auto | none | xnnpack | edgetpu | gpu. ``device`` is the Edge TPU to use
     (``usb``, ``pci``, ``usb:0``...), passed to libedgetpu as in pycoral.
     Raises :class:`ModelError` for a missing/corrupt model, :class:`RuntimeUnavailableError`
     when no interpreter package or the delegate library is available.
     """
-    model_path = Path(model_path)
-    if not model_path.is_file():
-        raise ModelError(f"{model_path}: model file not found")
+    if isinstance(model_path, (bytes, bytearray)):
+        source: dict[str, Any] = {"model_content": bytes(model_path)}
+        model_path = Path("<model bytes>.tflite")  # for messages; auto picks the CPU
+    else:
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            raise ModelError(f"{model_path}: model file not found")
+        source = {"model_path": str(model_path)}
     if num_threads is not None and num_threads < 1:
         raise ValueError(f"num_threads must be >= 1 (got {num_threads})")
     _, interp_cls, load_delegate = _interp.backend()
@@ -64,7 +75,7 @@ def make_interpreter(model_path: str | Path, delegate: str = "auto", num_threads
             delegates.append(load_delegate(GPU_LIB))
         except (ValueError, OSError, RuntimeError) as e:
             raise RuntimeUnavailableError(f"GPU delegate {GPU_LIB} could not be loaded ({e})") from e
-    kwargs: dict[str, Any] = {"model_path": str(model_path), "num_threads": num_threads}
+    kwargs: dict[str, Any] = {**source, "num_threads": num_threads}
     if delegates:
         kwargs["experimental_delegates"] = delegates
     try:
@@ -154,8 +165,8 @@ def load_bundle(bundle_dir: str | Path, delegate: str = "auto", num_threads: int
     _check_against_manifest(interpreter, manifest, model_path)
     used = resolve_delegate(model_path, delegate)
     logger.info("loaded %s %s (%s, delegate %s, backend %s)", manifest.name, manifest.version,
-                model_path.name, used, _interp.backend()[0])
+                model_path.name, used, backend_name())
     return Bundle(path=path, manifest=manifest, interpreter=interpreter, delegate=used)
 
 
-__all__ = ["Bundle", "DELEGATES", "load_bundle", "make_interpreter", "resolve_delegate", "RuntimeUnavailableError"]
+__all__ = ["Bundle", "DELEGATES", "backend_name", "load_bundle", "make_interpreter", "resolve_delegate", "RuntimeUnavailableError"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sdk import _interp
 from sdk.bundle import LABELS_FILE, MODEL_FILE, verify_bundle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,6 +151,7 @@ def test_export_target(target, exported, small_run, mnist_test):
     for art in report["artefacts"]:
         assert art["size_bytes"] > 0 and 0 < art["gzip_bytes"]
         assert 0 < art["latency"]["p50_ms"] <= art["latency"]["p95_ms"]
+        assert art["latency"]["runtime"] == _interp.backend()[0]  # the package that ran, not a fixed name
         assert set(art["per_class_delta_pts"]) == {"validation", "test"}
         assert set(art["per_class_delta_pts"]["test"]) == set(labels)
     assert (bundle / "export_report.md").read_text().startswith("# Export report")

@@ -532,18 +532,10 @@ def convert(
 # --------------------------------------------------------------------------- running .tflite
 
 
-def make_interpreter(model: bytes, num_threads: int | None = None):
-    """A LiteRT interpreter (``ai_edge_litert``; ``tf.lite`` when LiteRT is not installed)."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # pragma: no cover - depends on the install
-        tf, _ = _tf()
-        Interpreter = tf.lite.Interpreter
-    return Interpreter(model_content=model, num_threads=num_threads)
-
-
 def io_details(model: bytes) -> dict:
     """Shape, dtype and quantization of the first input and output, as the interpreter reports them."""
+    from sdk.runtime import make_interpreter
+
     it = make_interpreter(model)
 
     def one(d):
@@ -558,84 +550,27 @@ def io_details(model: bytes) -> dict:
     return {"input": one(it.get_input_details()[0]), "output": one(it.get_output_details()[0])}
 
 
-def _quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
-    dtype = np.dtype(detail["dtype"])
-    scale, zero = detail["quantization"]
-    if dtype == np.float32 or dtype == np.float16:
-        return x.astype(dtype)
-    real = x.astype(np.float32)  # raw pixels: the bundle's normalization is scale 1, offset 0
-    if scale:
-        info = np.iinfo(dtype)
-        return np.clip(np.round(real / scale) + zero, info.min, info.max).astype(dtype)
-    return real.astype(dtype)
-
-
 def predict_tflite(model: bytes, x: np.ndarray, *, batch_size: int = 256, num_threads: int | None = None) -> np.ndarray:
-    """Scores of a .tflite on uint8 images ``x`` (dequantized when the output is integer).
+    """Scores of a .tflite on raw-pixel images ``x``: :func:`sdk.batch.predict_batch` on a fresh
+    interpreter (batched, so 10k MNIST images take about a second)."""
+    from sdk.batch import predict_batch
+    from sdk.runtime import make_interpreter
 
-    Resizes the input to ``batch_size`` so 10k MNIST images take about a second; falls back to
-    batch 1 if the model cannot be resized.
-    """
-    it = make_interpreter(model, num_threads=num_threads)
-    inp = it.get_input_details()[0]
-    batched = batch_size > 1 and len(x) > 1
-    if batched:
-        try:
-            it.resize_tensor_input(inp["index"], [batch_size, *inp["shape"][1:]], strict=False)
-            it.allocate_tensors()
-        except (RuntimeError, ValueError) as e:
-            logger.info("cannot resize the interpreter input (%s); evaluating with batch 1", e)
-            batched = False
-    if not batched:
-        it = make_interpreter(model, num_threads=num_threads)
-        it.allocate_tensors()
-        batch_size = 1
-    inp = it.get_input_details()[0]
-    out = it.get_output_details()[0]
-    scores = []
-    for start in range(0, len(x), batch_size):
-        chunk = x[start : start + batch_size]
-        n = len(chunk)
-        if n < batch_size:  # keep the allocated shape: pad the last batch
-            chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]), chunk.dtype)])
-        it.set_tensor(inp["index"], _quantize_input(chunk, inp))
-        it.invoke()
-        raw = it.get_tensor(out["index"])[:n]
-        scale, zero = out["quantization"]
-        if scale and raw.dtype != np.float32:
-            raw = (raw.astype(np.int64) - zero).astype(np.float32) * scale  # int64 before subtracting
-        scores.append(raw.astype(np.float32))
-    return np.concatenate(scores)
+    return predict_batch(make_interpreter(model, num_threads=num_threads), x, batch_size=batch_size)
 
 
 def latency_tflite(
     model: bytes, sample: np.ndarray, *, num_threads: int | None = None, runs: int = 200, warmup: int = 10, max_seconds: float = 10.0
 ) -> dict:
-    """Batch-1 LiteRT latency (ms) on this machine: p50, p95, mean over up to ``runs`` invokes."""
-    it = make_interpreter(model, num_threads=num_threads)
-    it.allocate_tensors()
-    inp = it.get_input_details()[0]
-    x = _quantize_input(sample[:1], inp)
-    it.set_tensor(inp["index"], x)
-    for _ in range(warmup):
-        it.invoke()
-    times = []
-    deadline = time.perf_counter() + max_seconds
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        it.invoke()
-        times.append((time.perf_counter() - t0) * 1000)
-        if time.perf_counter() > deadline and len(times) >= 20:
-            break
-    t = np.asarray(times)
-    return {
-        "runtime": "ai_edge_litert",
-        "threads": num_threads,
-        "runs": int(len(t)),
-        "p50_ms": round(float(np.percentile(t, 50)), 4),
-        "p95_ms": round(float(np.percentile(t, 95)), 4),
-        "mean_ms": round(float(t.mean()), 4),
-    }
+    """Batch-1 latency (ms) of a .tflite on this machine (:func:`sdk.batch.latency`), with the
+    interpreter package that ran it."""
+    from sdk.batch import latency
+    from sdk.runtime import backend_name, make_interpreter
+
+    lat = latency(make_interpreter(model, num_threads=num_threads), sample[:1], runs=runs, warmup=warmup,
+                  max_seconds=max_seconds)
+    lat.pop("fps")
+    return {"runtime": backend_name(), "threads": num_threads, **lat}
 
 
 def measuring_threads(requested: int | None) -> int:

@@ -166,41 +166,6 @@ def _float_predict(model, batch_size: int = 1024) -> Callable[[np.ndarray], np.n
     return predict
 
 
-def _bundle_predict(bundle, batch_size: int = 256) -> Callable[[np.ndarray], np.ndarray]:
-    """Class indices from a loaded ``sdk.runtime.Bundle``: pixels normalized and quantized as its
-    manifest says, batched when the interpreter can be resized."""
-    from sdk.classify import quantize
-
-    it, norm = bundle.interpreter, bundle.manifest.input.normalization
-    allocated = int(it.get_input_details()[0]["shape"][0])
-
-    def run(chunk: np.ndarray) -> np.ndarray:
-        nonlocal allocated
-        if len(chunk) != allocated:
-            detail = it.get_input_details()[0]
-            it.resize_tensor_input(detail["index"], [len(chunk), *detail["shape"][1:]], strict=False)
-            it.allocate_tensors()
-            allocated = len(chunk)
-        detail, out = it.get_input_details()[0], it.get_output_details()[0]
-        it.set_tensor(detail["index"], quantize(chunk.astype(np.float32) * norm.scale + norm.offset, detail))
-        it.invoke()
-        raw = it.get_tensor(out["index"])
-        scale, zero_point = out["quantization"]
-        return (raw.astype(np.int64) - zero_point) * scale if np.issubdtype(raw.dtype, np.integer) and scale else raw
-
-    try:
-        run(np.zeros((2, *bundle.manifest.input.shape[1:]), np.float32))
-    except (RuntimeError, ValueError) as e:
-        logger.info("cannot batch the bundle's interpreter (%s); running one image at a time", e)
-        batch_size = 1
-        run(np.zeros((1, *bundle.manifest.input.shape[1:]), np.float32))
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        return np.concatenate([run(x[i : i + batch_size]).argmax(axis=1) for i in range(0, len(x), batch_size)])
-
-    return predict
-
-
 def _tflite_label(manifest) -> str:
     kind = "INT8" if manifest.input.quantization is not None else manifest.input.dtype
     return f"{kind} TFLite ({manifest.target})"
@@ -296,7 +261,10 @@ def evaluate_robustness(
     x, y = ds.x, ds.y
     predictors = {"float": _float_predict(run.model)}
     if loaded is not None:
-        predictors["tflite"] = _bundle_predict(loaded)
+        from sdk.batch import predict_batch
+
+        norm = loaded.manifest.input.normalization
+        predictors["tflite"] = lambda images: predict_batch(loaded.interpreter, images, normalization=norm).argmax(axis=1)
 
     def accuracy(images: np.ndarray) -> dict[str, float]:
         return {k: float((p(images) == y).mean()) for k, p in predictors.items()}
