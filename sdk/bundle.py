@@ -3,12 +3,11 @@
 A bundle is a directory holding ``model.tflite`` (labels embedded as metadata), ``labels.txt``
 and ``manifest.json``. The manifest says everything a device needs to feed the model and read
 its output, so no preprocessing constant is written twice. Its JSON schema is generated from
-:class:`Manifest` (``sdk/schemas/manifest.schema.json``).
+:class:`Manifest` (``sdk/schemas/manifest.schema.json``; ``python -m sdk.schemagen`` rewrites it).
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Literal
@@ -148,10 +147,3 @@ def write_manifest(bundle_dir: str | Path, manifest: Manifest) -> Path:
 
 def manifest_json_schema() -> dict:
     return Manifest.model_json_schema()
-
-
-if __name__ == "__main__":  # regenerate the schema file: python -m sdk.bundle
-    out = Path(__file__).with_name("schemas") / "manifest.schema.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(manifest_json_schema(), indent=2) + "\n")
-    print(out)

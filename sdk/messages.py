@@ -13,6 +13,9 @@ SCHEMAS = ("result", "sample", "metrics", "event", "model-update", "model-state"
 
 
 def schema_id(kind: str) -> str:
+    """The one spelling of a message kind's schema id (its ``schema`` field and its schema's ``$id``)."""
+    if kind not in SCHEMAS:
+        raise ValueError(f"unknown message kind {kind!r}; valid: {', '.join(SCHEMAS)}")
     return f"edgeclf/{kind}/v1"
 
 

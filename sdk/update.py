@@ -50,8 +50,8 @@ from .topics import FLEET, Topics, parse_model_chunk
 
 logger = logging.getLogger(__name__)
 
-UPDATE_SCHEMA = "edgeclf/model-update/v1"
-SIGNING_CONTEXT = b"edgeclf/model-update/v1\n"
+UPDATE_SCHEMA = messages.schema_id("model-update")
+SIGNING_CONTEXT = UPDATE_SCHEMA.encode("ascii") + b"\n"
 DEFAULT_CHUNK_SIZE = 256 * 1024
 MAX_CHUNK_SIZE = 16 * 1024 * 1024
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -73,8 +73,13 @@ _HEX64 = r"^[0-9a-f]{64}$"
 _UPDATE_ID = r"^[0-9a-f]{8,64}$"
 _TEXT = r"^[^\x00-\x1f]+$"
 _TO = r"^[A-Za-z0-9_.-]{1,200}$"  # a device id (a topic segment) or "fleet"
-_TO_DESCRIPTION = ("Who the command is for: the device id, or 'fleet' on the fleet topic. Signed, so a command "
-                   "cannot be replayed on another device's (or the fleet's) topic.")
+_TO_DESCRIPTION = ("Who the command is for: the device id on <prefix>/v1/<device>/model/set, or 'fleet' on "
+                   "<prefix>/v1/fleet/model/set; a device refuses a command whose 'to' does not match the topic it "
+                   "arrived on. Covered by the signature, so a signed command cannot be replayed on another "
+                   "device's or the fleet's topic.")
+_SIGNATURE_DESCRIPTION = ("ed25519 signature over the canonical bytes of this message without 'signature' (see "
+                          f"docs/mqtt.md: '{UPDATE_SCHEMA}\\n' + JSON with sorted keys, no spaces, ASCII); "
+                          "absent (or null) when unsigned.")
 
 
 class _Msg(BaseModel):
@@ -83,15 +88,18 @@ class _Msg(BaseModel):
 
 class Signature(_Msg):
     alg: Literal["ed25519"] = Field(description="Signature algorithm.")
-    key_id: str = Field(pattern=r"^[0-9a-f]{16}$", description="First 16 hex of sha256 of the raw public key.")
-    value: str = Field(min_length=88, max_length=88, description="base64 of the 64-byte signature.")
+    key_id: str = Field(min_length=16, max_length=16, pattern=r"^[0-9a-f]{16}$",
+                        description="First 16 hex digits of sha256 of the raw 32-byte public key.")
+    value: str = Field(min_length=88, max_length=88, pattern=r"^[A-Za-z0-9+/]{86}==$",
+                       description="base64 of the 64-byte signature.")
 
 
 class ArchiveInfo(_Msg):
     format: Literal["tar.gz"] = Field("tar.gz", description="Packing of the bundle directory.")
     size: int = Field(ge=1, description="Bytes of the archive.")
-    sha256: str = Field(pattern=_HEX64, description="sha256 of the archive.")
-    chunks: int = Field(ge=1, description="Number of chunk messages: ceil(size / chunk_size).")
+    sha256: str = Field(min_length=64, max_length=64, pattern=_HEX64, description="sha256 of the whole archive.")
+    chunks: int = Field(ge=1, description="Number of chunk messages: ceil(size / chunk_size) (checked by the "
+                                          "device; a JSON schema cannot say it).")
     chunk_size: int = Field(ge=1, description="Bytes per chunk; the last one may be shorter.")
 
     @model_validator(mode="after")
@@ -105,37 +113,61 @@ class ArchiveInfo(_Msg):
 
 
 class _Command(_Msg):
-    schema_id: Literal["edgeclf/model-update/v1"] = Field(alias="schema")
-    update_id: str = Field(pattern=_UPDATE_ID, description="Random hex id; chunk topics carry it.")
+    schema_id: Literal[UPDATE_SCHEMA] = Field(  # type: ignore[valid-type]  # a constant, spelled in sdk.messages
+        alias="schema", description="Schema id of this message.")
+    update_id: str = Field(pattern=_UPDATE_ID, description="Random hex id of this update; chunk topics carry it.")
 
 
 class Begin(_Command):
-    kind: Literal["begin"]
-    name: str = Field(min_length=1, max_length=200, pattern=_TEXT)
-    version: str = Field(min_length=1, max_length=200, pattern=_TEXT)
-    target: str = Field(min_length=1, max_length=200, pattern=_TEXT)
+    """Announces an update: then ``archive.chunks`` binary messages on <set topic>/<update_id>/<index>, then ``end``."""
+    kind: Literal["begin"] = Field(description="Command kind.")
+    name: str = Field(min_length=1, max_length=200, pattern=_TEXT, description="Manifest name of the bundle.")
+    version: str = Field(min_length=1, max_length=200, pattern=_TEXT, description="Manifest version of the bundle.")
+    target: str = Field(min_length=1, max_length=200, pattern=_TEXT,
+                        description="Export target of the bundle (manifest target).")
     to: str = Field(pattern=_TO, description=_TO_DESCRIPTION)
-    archive: ArchiveInfo
-    manifest_sha256: str = Field(pattern=_HEX64)
-    created: str
-    signature: Signature | None = None
+    archive: ArchiveInfo = Field(description="The packed bundle directory and how it is chunked.")
+    manifest_sha256: str = Field(min_length=64, max_length=64, pattern=_HEX64,
+                                 description="sha256 of the model file, as in the bundle's manifest.")
+    created: str = Field(description="ISO 8601 time with a zone the command was made. Signed; a device with "
+                                     "update.public_key refuses a command not later than the last signed one it "
+                                     "accepted (replay protection).")
+    signature: Signature | None = Field(None, description=_SIGNATURE_DESCRIPTION)
 
 
 class End(_Command):
-    kind: Literal["end"]
-    chunks: int = Field(ge=1)
-    sha256: str = Field(pattern=_HEX64)
+    """Closes an update once its chunks are sent; the device then verifies and applies it."""
+    kind: Literal["end"] = Field(description="Command kind.")
+    chunks: int = Field(ge=1, description="Chunk messages sent; must equal begin's archive.chunks.")
+    sha256: str = Field(min_length=64, max_length=64, pattern=_HEX64,
+                        description="sha256 of the whole archive; must equal begin's archive.sha256.")
 
 
 class Rollback(_Command):
-    kind: Literal["rollback"]
+    """Swaps back to the previous model."""
+    kind: Literal["rollback"] = Field(description="Command kind.")
     to: str = Field(pattern=_TO, description=_TO_DESCRIPTION)
-    created: str
-    signature: Signature | None = None
+    created: str = Field(description="ISO 8601 time with a zone the rollback was made; signed, and checked like "
+                                     "begin's.")
+    signature: Signature | None = Field(None, description=_SIGNATURE_DESCRIPTION)
 
 
 Command = Annotated[Union[Begin, End, Rollback], Field(discriminator="kind")]
 _COMMAND: TypeAdapter = TypeAdapter(Command)
+
+
+def model_update_schema() -> dict:
+    """The JSON schema of ``edgeclf/model-update/v1``, generated from :data:`Command`
+    (``sdk/schemas/model-update.schema.json``; ``python -m sdk.schemagen`` rewrites it).
+
+    :func:`parse_command` stays the parser of record: it also checks ``archive.chunks ==
+    ceil(size / chunk_size)``, and its patterns' ``$`` is the end of the string (as in ECMA 262),
+    where Python's ``re`` (and so the ``jsonschema`` package) also accepts a trailing newline."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": UPDATE_SCHEMA,
+            "title": "A model update command on <prefix>/v1/<device>/model/set or <prefix>/v1/fleet/model/set",
+            "description": "begin, then archive.chunks binary messages on <set topic>/<update_id>/<index>, then "
+                           "end; or rollback.",
+            **_COMMAND.json_schema()}
 
 
 def _errors(e: ValidationError) -> str:
