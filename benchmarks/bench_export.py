@@ -158,7 +158,8 @@ def _resized_subset(ds, n: int, size: int, colour: str, seed: int):
 
 def bench_model(name: str, size: int, colour: str, n_train: int, n_test: int, epochs: int, sparsity: float,
                 batch_size: int, prune_epochs: int = 2, seed: int = 42, **model_kw) -> dict:
-    from train import models, optimize as opt
+    from train import models
+    from train import optimize as opt
     from train._tf import keras
     from train.data import load_dataset
     from train.data_pipeline import make_tf_dataset
@@ -275,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
 def _print_lenet(r: dict) -> None:
     print(f"\nLeNet-5 on MNIST: float test accuracy {r['float_test_accuracy']:.4f} (10k test images), "
           f"float .tflite {r['float_tflite_bytes']:,} B (gzip {r['float_tflite_gzip_bytes']:,} B)")
-    print(f"{'export':<22} {'file':<28} {'quant':<14} {'test acc':>8} {'drop':>7} {'bytes':>9} {'x float':>7} {'gzip':>8} {'x fgz':>6} {'p50 ms':>8} {'p95 ms':>8}")
+    print(f"{'export':<22} {'file':<28} {'quant':<14} {'test acc':>8} {'drop':>7} {'bytes':>9} {'x float':>7} "
+          f"{'gzip':>8} {'x fgz':>6} {'p50 ms':>8} {'p95 ms':>8}")
     for row in r["rows"]:
         print(f"{row['export']:<22} {row['file']:<28} {row['quantization']:<14} {row['test_accuracy']:>8.4f} {row['drop_pts']:>7.2f} "
               f"{row['size_bytes']:>9,} {row['size_x_float']:>7.3f} {row['gzip_bytes']:>8,} {row['gzip_x_float_gzip']:>6.3f} "

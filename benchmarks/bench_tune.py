@@ -57,7 +57,8 @@ def main() -> int:
             "retrained_test_accuracy": result["best_run"]["test_accuracy"],
         })
     print(f"\nLeNet-5, {args.train_limit} MNIST training images, {args.epochs} epochs/trial, {args.trials} trials, seed {args.seed}")
-    print(f"{'sampler':<8} {'complete':>8} {'pruned':>6} {'epochs':>6} {'search s':>9} {'best val':>9} {'test (retrained)':>17}  best params")
+    print(f"{'sampler':<8} {'complete':>8} {'pruned':>6} {'epochs':>6} {'search s':>9} {'best val':>9} "
+          f"{'test (retrained)':>17}  best params")
     for r in rows:
         params = " ".join(f"{k.split('.')[-1]}={v:.4g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
                           for k, v in r["best_params"].items())

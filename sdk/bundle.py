@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.tflite"
 LABELS_FILE = "labels.txt"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 DType = Literal["float32", "float16", "int8", "uint8"]
 

@@ -89,7 +89,8 @@ class MqttSettings(_Strict):
     password_env: str | None = Field(DEFAULT_PASSWORD_ENV, description="Environment variable holding the password.")
     tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS settings.")
     outbox_path: str | None = Field(
-        None, description="sqlite file of the store-and-forward queue (None: ~/.cache/edgeclf/outbox-<device>.sqlite; ':memory:' for none on disk).")
+        None, description="sqlite file of the store-and-forward queue (None: ~/.cache/edgeclf/outbox-<device>.sqlite; "
+                          "':memory:' for none on disk).")
     outbox_max_messages: int = Field(10000, ge=10, description="Queue bound; the oldest messages go first when full.")
     reconnect_min_s: float = Field(0.5, gt=0, description="First delay before reconnecting to the broker.")
     reconnect_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay (doubling backoff).")

@@ -60,7 +60,7 @@ def event(*, device: str, ts: float, run_id: str, event: str, detail: dict | Non
             "event": event, "detail": detail or {}}
 
 
-def model_state(*, device: str, ts: float, active: dict, previous: dict | None,
+def model_state(*, device: str, ts: float, active: dict | None, previous: dict | None,
                 last_update: dict | None) -> dict:
     """Retained on ``model/state``: the active model, the one a rollback returns to, the last outcome."""
     return {"schema": schema_id("model-state"), "device": device, "ts": round(ts, 6), "active": active,
@@ -76,4 +76,4 @@ def load_schema(kind: str) -> dict:
     """The JSON schema of a message kind (result, sample, metrics, event, model-update, model-state)."""
     if kind not in SCHEMAS:
         raise ValueError(f"unknown message kind {kind!r}; valid: {', '.join(SCHEMAS)}")
-    return json.loads(resources.files("sdk").joinpath("schemas", f"{kind}.schema.json").read_text())
+    return json.loads((resources.files("sdk") / "schemas" / f"{kind}.schema.json").read_text())

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 from mqtt_fixtures import Broker, mosquitto  # noqa: F401  (fixture)
-
 from sdk import messages
 from sdk.mqtt import MqttPublisher
 from sdk.topics import Topics

@@ -466,9 +466,10 @@ def test_named_mnist_from_keras_cache_without_tensorflow(tmp_path):
 
 
 def test_named_offline_message(tmp_path, monkeypatch):
-    from train._tf import keras  # noqa: F401 - the real Keras download path, with the network cut
     import tf_keras.src.datasets.fashion_mnist as kfashion
     import tf_keras.src.datasets.mnist as kmnist
+
+    from train._tf import keras  # noqa: F401 - the real Keras download path, with the network cut
 
     calls = []
 

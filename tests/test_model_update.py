@@ -7,8 +7,8 @@ last two are built once and cached in pytest's cache directory like the fixture.
 from __future__ import annotations
 
 import base64
-import hashlib
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -27,21 +27,33 @@ import jsonschema
 import numpy as np
 import pytest
 
-from mqtt_fixtures import Broker, Collector, mosquitto  # noqa: F401  (fixture)
-from contract import validate
-from sdk_bundle_fixture import load_mnist, sdk_bundle, small_cnn, write_int8_bundle  # noqa: F401  (fixture)
-from train.videos import write_digit_video
-
 import sdk
+from contract import validate
+from mqtt_fixtures import Broker, Collector, mosquitto  # noqa: F401  (fixture)
 from sdk.bundle import MODEL_FILE, BundleError, load_manifest, verify_bundle
 from sdk.config import Config, config_from_dict
 from sdk.errors import ConfigError
 from sdk.messages import load_schema
 from sdk.mqtt import MqttPublisher, Outbox, TlsSettings
 from sdk.topics import Topics, parse_model_chunk
-from sdk.update import (ModelStore, UpdateRefused, generate_keypair, key_id, load_private_key, load_public_key, make_rollback,
-                        make_update, pack_bundle, safe_extract, sign, verify)
-from train.publish import DeviceOutcome, main as publish_main, publish_bundle, rollback
+from sdk.update import (
+    ModelStore,
+    UpdateRefused,
+    generate_keypair,
+    key_id,
+    load_private_key,
+    load_public_key,
+    make_rollback,
+    make_update,
+    pack_bundle,
+    safe_extract,
+    sign,
+    verify,
+)
+from sdk_bundle_fixture import load_mnist, sdk_bundle, small_cnn, write_int8_bundle  # noqa: F401  (fixture)
+from train.publish import DeviceOutcome, publish_bundle, rollback
+from train.publish import main as publish_main
+from train.videos import write_digit_video
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = "dev1"

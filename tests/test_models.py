@@ -8,8 +8,8 @@ import urllib.error
 import numpy as np
 import pytest
 
-from train._tf import keras, tf
 from train import models
+from train._tf import keras, tf
 from train.models import _registry
 
 # Small backbone so the transfer tests stay fast; weights=None never downloads.

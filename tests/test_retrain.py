@@ -29,8 +29,8 @@ def _npz(path, ds):
 def test_retrain_learns_the_new_domain_without_forgetting(small_run, semeion, tmp_path):
     from sdk.bundle import verify_bundle
     from sdk.runtime import load_bundle
-    from train.retrain import RetrainSettings, accuracy, retrain
     from train._tf import keras
+    from train.retrain import RetrainSettings, accuracy, retrain
 
     pool, shifted_test = semeion
     feedback = _npz(tmp_path / "feedback.npz", stratified_sample(pool, 300, seed=0))

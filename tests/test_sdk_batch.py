@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sdk_bundle_fixture import load_mnist, sdk_bundle  # noqa: F401  (fixture)
 
 from sdk import _interp, batch, classify
 from sdk.bundle import MODEL_FILE, Normalization
 from sdk.runtime import backend_name, load_bundle, make_interpreter
+from sdk_bundle_fixture import load_mnist, sdk_bundle  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from sdk_bundle_fixture import sdk_bundle  # noqa: F401  (fixture)
-from train.videos import write_digit_video
-
 from sdk.cli import main
 from sdk.config import Config, load_config
-from sdk.errors import (ConfigError, ManifestError, ModelError, RuntimeUnavailableError, SourceOpenError,
-                        SourceReadError)
+from sdk.errors import ConfigError, ManifestError, ModelError, RuntimeUnavailableError, SourceOpenError, SourceReadError
+from sdk_bundle_fixture import sdk_bundle  # noqa: F401  (fixture)
+from train.videos import write_digit_video
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "firmware_configs").glob("*.yaml"))

@@ -14,18 +14,17 @@ import cv2
 import numpy as np
 import pytest
 
-from mqtt_fixtures import Broker, Collector, free_port, mosquitto  # noqa: F401  (fixture)
-from contract import validate
-from sdk_bundle_fixture import load_mnist, sdk_bundle  # noqa: F401  (fixture)
-from train.videos import paper_frame, write_digit_video
-
 import sdk
+from contract import validate
+from mqtt_fixtures import Broker, Collector, free_port, mosquitto  # noqa: F401  (fixture)
 from sdk.config import Config
 from sdk.pipeline import Classifier, Pipeline, PipelineSettings
 from sdk.runtime import load_bundle
 from sdk.sources import LiveSource
 from sdk.topics import Topics
-from sdk.uncertainty import measure, reasons_for, SamplingPolicy
+from sdk.uncertainty import SamplingPolicy, measure, reasons_for
+from sdk_bundle_fixture import load_mnist, sdk_bundle  # noqa: F401  (fixture)
+from train.videos import paper_frame, write_digit_video
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = "dev1"

@@ -8,14 +8,13 @@ import time
 
 import pytest
 
-from mqtt_fixtures import USERS, Collector, secure_mosquitto  # noqa: F401  (fixture)
-from sdk_bundle_fixture import load_mnist, sdk_bundle  # noqa: F401  (fixture)
-from train.videos import write_digit_video
-
 import sdk
+from mqtt_fixtures import USERS, Collector, secure_mosquitto  # noqa: F401  (fixture)
 from sdk.config import Config
 from sdk.errors import MqttConfigError
 from sdk.mqtt import MqttPublisher, TlsSettings
+from sdk_bundle_fixture import load_mnist, sdk_bundle  # noqa: F401  (fixture)
+from train.videos import write_digit_video
 
 
 @pytest.fixture

@@ -20,15 +20,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mqtt_fixtures import Collector, mosquitto  # noqa: F401  (fixture)
-from contract import validate
-from sdk_bundle_fixture import sdk_bundle  # noqa: F401  (fixture)
-from stream_server import mjpeg_server  # noqa: F401  (fixture)
-from stream_server import rtsp_server  # noqa: F401  (fixture)
-
 import sdk
+from contract import validate
+from mqtt_fixtures import Collector, mosquitto  # noqa: F401  (fixture)
 from sdk.config import Config
 from sdk.sources import open_stream
+from sdk_bundle_fixture import sdk_bundle  # noqa: F401  (fixture)
+from stream_server import (
+    mjpeg_server,  # noqa: F401  (fixture)
+    rtsp_server,  # noqa: F401  (fixture)
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = "cam1"

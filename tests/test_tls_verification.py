@@ -10,17 +10,16 @@ import time
 
 import pytest
 
-from mqtt_fixtures import USERS, make_pki, secure_broker
-from sdk_bundle_fixture import load_mnist, sdk_bundle  # noqa: F401  (fixture)
-from train.videos import write_digit_video
-
 import sdk
+from mqtt_fixtures import USERS, make_pki, secure_broker
 from sdk import cli
 from sdk.config import Config
 from sdk.errors import BrokerCertificateError, BrokerHostnameError
 from sdk.mqtt import TlsSettings
+from sdk_bundle_fixture import load_mnist, sdk_bundle  # noqa: F401  (fixture)
 from train import collect, publish
 from train.feedback import FeedbackStore
+from train.videos import write_digit_video
 
 CASES = {
     # the broker's certificate is signed by a CA the clients were not given

@@ -180,7 +180,8 @@ def preflight(model: bytes | str | Path) -> PreflightReport:
         if not supported:
             reasons.append(f"{name} is not an Edge TPU op")
         quantized, static = True, True
-        tensor_ids = [t for t in list(op.inputs if op.inputs is not None else []) + list(op.outputs if op.outputs is not None else []) if t >= 0]
+        ends = list(op.inputs if op.inputs is not None else []) + list(op.outputs if op.outputs is not None else [])
+        tensor_ids = [t for t in ends if t >= 0]
         for t in tensor_ids:
             tensor = sub.tensors[t]
             tname = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)

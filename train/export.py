@@ -34,7 +34,18 @@ from typing import Any
 
 import numpy as np
 
-from sdk.bundle import LABELS_FILE, MANIFEST_FILE, MODEL_FILE, InputSpec, Manifest, OutputSpec, Quantization, SplitAccuracy, sha256_file, write_manifest
+from sdk.bundle import (
+    LABELS_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    InputSpec,
+    Manifest,
+    OutputSpec,
+    Quantization,
+    SplitAccuracy,
+    sha256_file,
+    write_manifest,
+)
 from train.optimize import CalibrationError, gzip_size
 from train.runs import Run, RunError, load_run
 from train.targets import TargetSpec, UnknownTargetError, describe_targets, get_target, list_targets
@@ -185,7 +196,8 @@ def open_source(run: str | Path | Run | None, data: str | None = None, runs_dir:
             r = _run_from_model_file(p, data)
         else:
             if p is not None and not p.exists():
-                raise RunError(f"{p}: run directory not found (pass a run directory from `python -m train.train`, or a .keras file with --data)")
+                raise RunError(f"{p}: run directory not found (pass a run directory from `python -m train.train`, "
+                               "or a .keras file with --data)")
             r = load_run(p, runs_dir=runs_dir)
             if data is not None:
                 r.config = r.config.model_copy(update={"data": data, "test_data": None})
@@ -408,7 +420,8 @@ def export_bundle(
                             "float_accuracy": _accuracies(model, splits, num_classes)}
     if clustering is not None:
         t0 = time.perf_counter()
-        model = opt.cluster(model, train, clusters=clustering, epochs=max(1, fine_tune_epochs // 2), preserve_sparsity=sparsity is not None, seed=seed)
+        model = opt.cluster(model, train, clusters=clustering, epochs=max(1, fine_tune_epochs // 2),
+                            preserve_sparsity=sparsity is not None, seed=seed)
         steps["clustering"] = {"clusters": clustering, "preserve_sparsity": sparsity is not None,
                                "distinct_weights": opt.distinct_weights(model), "seconds": round(time.perf_counter() - t0, 1),
                                "float_accuracy": _accuracies(model, splits, num_classes)}
@@ -604,7 +617,8 @@ def report_markdown(report: dict) -> str:
         lat = a.get("latency", {})
         lines.append(
             f"| {a['file']} | {a['quantization']} | {a['size_bytes']:,} | {a['gzip_bytes']:,} | {a['size_vs_float']:.2f} | "
-            f"{_pct(a['accuracy'].get('validation'))} | {_pct(a['accuracy'].get('test'))} | {lat.get('p50_ms', '-')} | {lat.get('p95_ms', '-')} |"
+            f"{_pct(a['accuracy'].get('validation'))} | {_pct(a['accuracy'].get('test'))} | "
+            f"{lat.get('p50_ms', '-')} | {lat.get('p95_ms', '-')} |"
         )
     lines += ["", f"Latency: batch 1, {report['machine']['measuring_threads']} thread(s) on this host ({report['machine']['platform']})."]
     sp = report.get("sparsity", {})
@@ -659,11 +673,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qat", action="store_true", help="quantization-aware training before conversion (INT8 targets)")
     p.add_argument("--clustering", type=int, metavar="N", help="cluster weights to N shared values per kernel, e.g. 16")
     p.add_argument("--calibration-samples", type=int, metavar="N",
-                   help=f"representative images for INT8 calibration, stratified from the training split (default {DEFAULT_CALIBRATION_SAMPLES})")
+                   help="representative images for INT8 calibration, stratified from the training split "
+                        f"(default {DEFAULT_CALIBRATION_SAMPLES})")
     p.add_argument("--io-dtype", help="input/output type of a full-integer model: uint8 (default) or int8")
     p.add_argument("--max-accuracy-drop", type=float, default=DEFAULT_MAX_ACCURACY_DROP,
                    help=f"accuracy gate in percentage points below the float model (default {DEFAULT_MAX_ACCURACY_DROP})")
-    p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help=f"interpreter threads recorded for the device (default {DEFAULT_THREADS})")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                   help=f"interpreter threads recorded for the device (default {DEFAULT_THREADS})")
     p.add_argument("--fine-tune-epochs", type=int, default=2, help="epochs of fine-tuning for pruning (clustering/QAT use half)")
     p.add_argument("--name", help="model name in the manifest (default: <model>-<data>)")
     p.add_argument("--version", help="model version in the manifest (default: the run directory's name)")
@@ -711,7 +727,8 @@ def main(argv: list[str] | None = None) -> int:
     if not result.passed:
         print(f"error: accuracy gate failed (max drop {args.max_accuracy_drop} pts):", file=sys.stderr)
         for f in result.failures:
-            print(f"  {f['file']} on {f['split']}: {f['exported']:.2%} vs float {f['float']:.2%} (-{f['drop_pts']:.2f} pts)", file=sys.stderr)
+            print(f"  {f['file']} on {f['split']}: {f['exported']:.2%} vs float {f['float']:.2%} (-{f['drop_pts']:.2f} pts)",
+                  file=sys.stderr)
         return EXIT_GATE
     return EXIT_OK
 

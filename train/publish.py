@@ -38,8 +38,16 @@ from sdk.errors import MqttConfigError
 from sdk.mqtt import MqttPublisher, Outbox, TlsSettings, credentials_from_env, parse_broker
 from sdk.mqtt_args import add_credential_arguments, add_tls_arguments, tls_from_args
 from sdk.topics import DEFAULT_PREFIX, FLEET, Topics, all_devices, device_of, fleet_model_set
-from sdk.update import (DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, encode, generate_keypair, load_private_key,
-                        make_rollback, make_update, pack_bundle)
+from sdk.update import (
+    DEFAULT_CHUNK_SIZE,
+    MAX_CHUNK_SIZE,
+    encode,
+    generate_keypair,
+    load_private_key,
+    make_rollback,
+    make_update,
+    pack_bundle,
+)
 
 logger = logging.getLogger(__name__)
 

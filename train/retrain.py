@@ -329,7 +329,8 @@ def retrain(base: str | Path | Run, feedback: str | Path, *, settings: RetrainSe
         "base_run": str(run.path), "run": str(run_dir), "feedback": str(feedback),
         "settings": {**s.__dict__, "replay": len(replay_set) if replay_set is not None else 0},
         "feedback_counts": {"labelled": len(fb), "learn": len(learn), "held_out": len(held_out) if held_out is not None else 0,
-                            "per_class": {class_names[c]: int(n) for c, n in enumerate(np.bincount(fb.y, minlength=len(class_names))) if n}},
+                            "per_class": {class_names[c]: int(n) for c, n
+                                          in enumerate(np.bincount(fb.y, minlength=len(class_names))) if n}},
         "before": before, "after": after, "forgetting_pt": round(drop_pt, 3), "forgetting_on": key,
         "gain_held_out_pt": None if before["feedback_held_out"] is None
         else round((after["feedback_held_out"] - before["feedback_held_out"]) * 100, 3),

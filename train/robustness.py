@@ -86,8 +86,8 @@ def _occlusion(x: np.ndarray, fraction: float, rng: np.random.Generator) -> np.n
     side = max(1, round(fraction * min(h, w)))
     top, left = rng.integers(0, h - side + 1, n), rng.integers(0, w - side + 1, n)
     out = x.copy()
-    for img, t, l in zip(out, top, left):
-        img[t : t + side, l : l + side] = 127.5
+    for img, y0, x0 in zip(out, top, left):
+        img[y0 : y0 + side, x0 : x0 + side] = 127.5
     return out
 
 

@@ -254,7 +254,8 @@ def _print_outcome(run_dir: Path, metrics: dict, info: dict) -> None:
                 f"{split:<10} accuracy {m['accuracy']:.4f}  macro F1 {m['f1_macro']:.4f}  "
                 f"weighted F1 {m['f1_weighted']:.4f}  n={m['n']}"
             )
-    lines.append(f"training time {info['train_seconds']:.1f} s over {info['epochs_run']} epochs; total {info.get('total_seconds', 0):.1f} s")
+    lines.append(f"training time {info['train_seconds']:.1f} s over {info['epochs_run']} epochs; "
+                 f"total {info.get('total_seconds', 0):.1f} s")
     lines.append(f"report: {run_dir / 'report.html'}")
     print("\n".join(lines))
 

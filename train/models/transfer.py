@@ -162,7 +162,8 @@ def _resize_target(shape, size):
 
 @register_model(
     "transfer",
-    description="Transfer learning: any keras.applications backbone (MobileNetV2 default) or a saved model of ours, plus GAP-dropout-softmax head.",
+    description="Transfer learning: any keras.applications backbone (MobileNetV2 default) or a saved model of ours, "
+                "plus GAP-dropout-softmax head.",
     default_input_shape=(224, 224, 3),
 )
 def transfer(
