@@ -212,10 +212,16 @@ def send(port: int, msgs) -> None:
 
 
 def flowing(col, timeout: float = 10, n: int = 5) -> list[dict]:
-    """Results keep arriving (the run did not stop); returns the newest."""
-    n0 = len(col.on(f"{DEVICE}/result"))
-    assert col.wait_for(lambda c: len(c.on(f"{DEVICE}/result")) >= n0 + n, timeout), "frames stopped flowing"
-    return validate("result", col.on(f"{DEVICE}/result")[-n:])
+    """Results keep arriving (the run did not stop): the first ``n`` of frames captured after this
+    call, so each was classified after whatever happened before it (e.g. a swap that ``model/state``
+    reported; results queued before that may still be on their way to this subscriber)."""
+    n0, t0 = len(col.on(f"{DEVICE}/result")), time.time()
+
+    def fresh(c) -> list[bytes]:
+        return [p for p in c.on(f"{DEVICE}/result")[n0:] if json.loads(p)["ts"] > t0]
+
+    assert col.wait_for(lambda c: len(fresh(c)) >= n, timeout), "frames stopped flowing"
+    return validate("result", fresh(col)[:n])
 
 
 # -- end to end ---------------------------------------------------------------------------------

@@ -109,6 +109,30 @@ def assert_every_result_arrived(col: Collector, published: int, run_id: str) -> 
 
 
 @pytest.mark.slow
+
+def _start_cli(url: str, s: dict, tmp_path: Path):
+    """``python -m sdk.cli --rtsp URL --config FILE -v`` with settings ``s`` (their source aside);
+    ``(process, log file, wait)``: ``wait(pred, timeout)`` polls ``pred`` and fails at once, with
+    the log, if the device exited."""
+    cfg = tmp_path / "device.yaml"
+    cfg.write_text(yaml.safe_dump({k: v for k, v in s.items() if k != "source"}))
+    log = tmp_path / "edge-classify.log"
+    with log.open("w") as f:  # a file, not a pipe: a full pipe would block the device's logging
+        proc = subprocess.Popen([sys.executable, "-m", "sdk.cli", "--rtsp", url, "--config", str(cfg), "-v"],
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=f)
+
+    def wait(pred, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if pred():
+                return True
+            if proc.poll() is not None:
+                raise AssertionError(f"edge-classify exited with {proc.returncode}:\n{log.read_text()}")
+            time.sleep(0.05)
+        return pred()
+
+    return proc, log, wait
+
 def test_stream_dropped_and_restarted_reconnects_with_backoff(sdk_bundle, mjpeg_server, mosquitto, tmp_path):
     server = mjpeg_server
     col = Collector(mosquitto.port, (f"edge/v1/{DEVICE}/#",))
@@ -165,26 +189,11 @@ def test_hung_stream_times_out_and_cli_reconnects(sdk_bundle, mjpeg_server, mosq
     and open timeouts notice it in seconds (FFmpeg alone waits 30 s per read and per open)."""
     server = mjpeg_server
     timeout_s = 2.0  # well above a frame interval (1/15 s) even on a loaded machine
-    cfg = tmp_path / "device.yaml"
-    s = settings(sdk_bundle, server.url, mosquitto, tmp_path,
-                 {"open_timeout_s": timeout_s, "read_timeout_s": timeout_s})
-    cfg.write_text(yaml.safe_dump({k: v for k, v in s.items() if k != "source"}))
     col = Collector(mosquitto.port, (f"edge/v1/{DEVICE}/#",))
     assert col.wait_subscribed()
-    log = tmp_path / "edge-classify.log"
-    with log.open("w") as f:  # a file, not a pipe: a full pipe would block the device's logging
-        proc = subprocess.Popen([sys.executable, "-m", "sdk.cli", "--rtsp", server.url, "--config", str(cfg), "-v"],
-                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=f)
-
-    def wait(pred, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if pred():
-                return True
-            if proc.poll() is not None:
-                raise AssertionError(f"edge-classify exited with {proc.returncode}:\n{log.read_text()}")
-            time.sleep(0.05)
-        return pred()
+    proc, log, wait = _start_cli(server.url, settings(sdk_bundle, server.url, mosquitto, tmp_path,
+                                                      {"open_timeout_s": timeout_s, "read_timeout_s": timeout_s}),
+                                 tmp_path)
 
     try:
         assert wait(lambda: len(col.on(f"{DEVICE}/result")) >= 15, 60), "no results from the stream"
@@ -241,25 +250,10 @@ def test_rtsp_server_terminated_and_restarted_cli_reconnects(sdk_bundle, rtsp_se
     TCP connection): the server process is terminated mid-stream and started again on the same
     port 2 s later; the device reports both on ``event`` with its backoff and loses no result."""
     server = rtsp_server
-    cfg = tmp_path / "device.yaml"
-    s = settings(sdk_bundle, server.url, mosquitto, tmp_path, {"open_timeout_s": 5.0, "read_timeout_s": 5.0})
-    cfg.write_text(yaml.safe_dump({k: v for k, v in s.items() if k != "source"}))
     col = Collector(mosquitto.port, (f"edge/v1/{DEVICE}/#",))
     assert col.wait_subscribed()
-    log = tmp_path / "edge-classify.log"
-    with log.open("w") as f:  # a file, not a pipe: a full pipe would block the device's logging
-        proc = subprocess.Popen([sys.executable, "-m", "sdk.cli", "--rtsp", server.url, "--config", str(cfg), "-v"],
-                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=f)
-
-    def wait(pred, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if pred():
-                return True
-            if proc.poll() is not None:
-                raise AssertionError(f"edge-classify exited with {proc.returncode}:\n{log.read_text()}")
-            time.sleep(0.05)
-        return pred()
+    proc, log, wait = _start_cli(server.url, settings(sdk_bundle, server.url, mosquitto, tmp_path,
+                                                      {"open_timeout_s": 5.0, "read_timeout_s": 5.0}), tmp_path)
 
     try:
         assert wait(lambda: len(col.on(f"{DEVICE}/result")) >= 15, 60), f"no results:\n{server.log_text()}"
