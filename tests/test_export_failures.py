@@ -127,21 +127,24 @@ def test_coral_compiler_error_fails_the_export(small_run, tmp_path, monkeypatch)
     _assert_no_bundle(out)
 
 
-def test_coral_compiler_without_a_model_fails_the_export(small_run, tmp_path, monkeypatch, capsys):
-    from train.export import EXIT_ARTEFACT
+def test_coral_compiler_without_a_model_is_an_error(tmp_path, monkeypatch):
+    """The compiler alone (the export around it fails the same way as in the test above): exit 0
+    without writing the compiled model is a failure, and a stale compiled model from an earlier
+    export cannot pass for this run's (a stale manifest is cleared by the export: jetson test)."""
+    from train.export import TargetArtefactError
+    from train.targets.coral import run_edgetpu_compiler
 
     _stand_in_compiler(tmp_path, monkeypatch, 'echo "Model compiled successfully in 3 ms."\nexit 0\n')
     out = tmp_path / "coral"
     out.mkdir()
-    # an earlier, successful export's files must not pass for this run's
     (out / "model_edgetpu.tflite").write_bytes(b"stale")
-    (out / MANIFEST_FILE).write_text("{}")
-    code, err = _main(["--target", "coral", "--run", str(small_run), "--out", str(out)], capsys)
-    assert code == EXIT_ARTEFACT, err
-    assert "edgetpu_compiler exited 0 but wrote no model_edgetpu.tflite" in err
-    assert "Model compiled successfully" in err
+    model = out / "model.tflite"
+    model.write_bytes(np.zeros(16, np.uint8).tobytes())
+    with pytest.raises(TargetArtefactError) as e:
+        run_edgetpu_compiler(model, out)
+    assert "edgetpu_compiler exited 0 but wrote no model_edgetpu.tflite" in str(e.value)
+    assert "Model compiled successfully" in str(e.value)  # the end of its log
     assert not (out / "model_edgetpu.tflite").exists()
-    _assert_no_bundle(out)
 
 
 def test_coral_compiler_that_succeeds_is_in_the_bundle(small_run, tmp_path, monkeypatch, capsys):

@@ -190,7 +190,10 @@ def test_sigterm_with_the_broker_down_keeps_the_queue_and_the_next_start_deliver
     exactly once; the summary says they were queued, not delivered, and where they wait."""
     port = free_port()  # nothing listens there yet: the broker is down
     outbox = tmp_path / "outbox.sqlite"
-    code, err = _signal_when(_device_args(sdk_bundle, digit_video, port, outbox, "--loop", "--fps-cap", "40"),
+    quick = tmp_path / "quick-exit.yaml"  # no broker will come: wait 1 s for it at exit, not the default 5
+    quick.write_text("mqtt: {flush_timeout_s: 1}\n")
+    code, err = _signal_when(_device_args(sdk_bundle, digit_video, port, outbox, "--loop", "--fps-cap", "40",
+                                          "--config", str(quick)),
                              lambda: _wait(lambda: outbox.exists() and _outbox_rows(outbox) >= 30), signal.SIGTERM)
     assert code == 0, err
     first = _summary(err)
