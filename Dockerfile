@@ -45,6 +45,9 @@ RUN useradd --system --create-home --groups video edge && mkdir -p /var/lib/edge
 USER edge
 ENV EDGECLF_MQTT_USERNAME="" EDGECLF_MQTT_PASSWORD=""
 VOLUME ["/var/lib/edgeclf"]
+# Model updates are applied only when signed: mount the fleet's public key and pass it, e.g.
+#   docker run -v $PWD/keys/fleet.pub:/etc/edgeclf/update.pub:ro ... --update-key /etc/edgeclf/update.pub
+# (without a key every update is refused; --no-update stops listening for them).
 # SIGTERM (docker stop) flushes the queue and publishes status offline; unsent messages stay in
 # /var/lib/edgeclf/outbox.sqlite for the next start.
 STOPSIGNAL SIGTERM
