@@ -110,6 +110,23 @@ def assert_every_result_arrived(col: Collector, published: int, run_id: str) -> 
 
 @pytest.mark.slow
 
+def assert_one_drop_and_reconnect(evs: list[dict], url: str) -> None:
+    """Exactly one ``source_disconnected`` then one ``source_reconnected`` between ``started`` and
+    ``stopped``, for ``url``: the drop seen at once, the reopen retried with doubling, capped backoff."""
+    kinds = [e["event"] for e in evs]
+    assert kinds.count("source_disconnected") == kinds.count("source_reconnected") == 1, kinds
+    assert kinds.index("started") < kinds.index("source_disconnected") < kinds.index("source_reconnected") \
+        < kinds.index("stopped")
+    lost = evs[kinds.index("source_disconnected")]["detail"]
+    back = evs[kinds.index("source_reconnected")]["detail"]
+    assert lost["source"] == back["source"] == url
+    assert lost["retry_in_s"] == BACKOFF["reconnect_min_s"] and lost["backoff_max_s"] == BACKOFF["reconnect_max_s"]
+    assert lost["failed_reads"] >= 1 and lost["no_frame_for_s"] < 5.0  # a closed connection is seen at once
+    assert back["attempts"] >= 2, back  # the server was still down at the first attempts
+    assert back["delays_s"] == expected_delays(back["attempts"]), back  # doubling backoff, capped
+    assert back["downtime_s"] >= sum(back["delays_s"]) - 0.01 and back["downtime_s"] >= 1.0, back
+
+
 def _start_cli(url: str, s: dict, tmp_path: Path):
     """``python -m sdk.cli --rtsp URL --config FILE -v`` with settings ``s`` (their source aside);
     ``(process, log file, wait)``: ``wait(pred, timeout)`` polls ``pred`` and fails at once, with
@@ -158,20 +175,9 @@ def test_stream_dropped_and_restarted_reconnects_with_backoff(sdk_bundle, mjpeg_
         col.close()
 
     evs = validate("event", col.on(f"{DEVICE}/event"))
-    kinds = [e["event"] for e in evs]
-    assert kinds.count("source_disconnected") == kinds.count("source_reconnected") == 1, kinds
-    assert kinds.index("started") < kinds.index("source_disconnected") < kinds.index("source_reconnected") \
-        < kinds.index("stopped")
-    lost = evs[kinds.index("source_disconnected")]["detail"]
-    back = evs[kinds.index("source_reconnected")]["detail"]
-    assert lost["source"] == back["source"] == server.url
-    assert lost["retry_in_s"] == BACKOFF["reconnect_min_s"] and lost["backoff_max_s"] == BACKOFF["reconnect_max_s"]
-    assert lost["failed_reads"] >= 1 and lost["no_frame_for_s"] < 5.0  # a closed connection is seen at once
-    assert back["attempts"] >= 2, back  # the server was still down at the first attempts
-    assert back["delays_s"] == expected_delays(back["attempts"]), back  # doubling backoff, capped
-    assert back["downtime_s"] >= sum(back["delays_s"]) - 0.01 and back["downtime_s"] >= 1.0, back
+    assert_one_drop_and_reconnect(evs, server.url)
     assert server.connections >= 2
-    stopped_detail = evs[kinds.index("stopped")]["detail"]
+    stopped_detail = next(e for e in evs if e["event"] == "stopped")["detail"]
     assert stopped_detail["published"] == stats.published
     metrics = validate("metrics", col.on(f"{DEVICE}/metrics"))
     assert metrics[-1]["source_reconnects"] == 1
@@ -283,18 +289,7 @@ def test_rtsp_server_terminated_and_restarted_cli_reconnects(sdk_bundle, rtsp_se
             proc.wait()
         col.close()
 
-    kinds = [e["event"] for e in evs]
-    assert kinds.count("source_disconnected") == kinds.count("source_reconnected") == 1, kinds
-    assert kinds.index("started") < kinds.index("source_disconnected") < kinds.index("source_reconnected") \
-        < kinds.index("stopped")
-    lost = evs[kinds.index("source_disconnected")]["detail"]
-    back = evs[kinds.index("source_reconnected")]["detail"]
-    assert lost["source"] == back["source"] == server.url
-    assert lost["retry_in_s"] == BACKOFF["reconnect_min_s"] and lost["backoff_max_s"] == BACKOFF["reconnect_max_s"]
-    assert lost["failed_reads"] >= 1 and lost["no_frame_for_s"] < 5.0  # a dropped connection is seen at once
-    assert back["attempts"] >= 2, back  # the server was still down at the first attempts
-    assert back["delays_s"] == expected_delays(back["attempts"]), back  # doubling backoff, capped
-    assert back["downtime_s"] >= sum(back["delays_s"]) - 0.01 and back["downtime_s"] >= 1.0, back
+    assert_one_drop_and_reconnect(evs, server.url)
     assert before >= 1 and server.connections >= before + 1, server.log_text()  # the new process served it
     metrics = validate("metrics", col.on(f"{DEVICE}/metrics"))
     assert metrics[-1]["source_reconnects"] == 1
