@@ -168,7 +168,7 @@ class TlsSettings:
         """Check the files and switch ``client`` to TLS (server certificate always verified).
         Returns the log of its handshake failures (see :meth:`refusal`)."""
         ctx = self.context()
-        log = HandshakeLog()
+        log = HandshakeLog(self)
         ctx.sslsocket_class = log.socket_class()
         client.tls_set_context(ctx)
         client.tls_insecure_set(self.insecure)
@@ -197,7 +197,8 @@ class HandshakeLog:
     """The last failed TLS handshake of a paho client. paho swallows the exception (its
     ``on_connect_fail`` has no argument), so the client's SSL sockets record it here."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: TlsSettings) -> None:
+        self.tls = tls
         self.last: ssl.SSLError | None = None
 
     def socket_class(self) -> type[ssl.SSLSocket]:
@@ -217,6 +218,15 @@ class HandshakeLog:
     def take(self) -> ssl.SSLError | None:
         e, self.last = self.last, None
         return e
+
+    def failure(self, host: str, port: int) -> tuple[str, MqttConfigError | None] | None:
+        """The handshake that just failed, taken: ``(what to log, the refusal to stop with, or None
+        when retrying may help)``; None when the failure was not a TLS one (TCP weather)."""
+        error = self.take()
+        if error is None:
+            return None
+        refusal = self.tls.refusal(host, port, error)
+        return (str(refusal) if refusal else f"TLS handshake with {host}:{port} failed: {error}"), refusal
 
 
 class MqttPublisher:
@@ -264,7 +274,6 @@ class MqttPublisher:
                         clean_session=clean_session)
         c.max_inflight_messages_set(window)
         c.reconnect_delay_set(reconnect_min_s, reconnect_max_s)  # type: ignore[arg-type]  # paho takes floats
-        self.tls = tls
         self._handshakes = tls.apply(c) if tls is not None else None
         if username is not None:
             c.username_pw_set(username, password)
@@ -449,11 +458,10 @@ class MqttPublisher:
         self._wake.set()
 
     def _on_connect_fail(self, client, userdata) -> None:
-        error = self._handshakes.take() if self._handshakes is not None else None
-        if error is None or self.tls is None:
+        failed = self._handshakes.failure(self.host, self.port) if self._handshakes is not None else None
+        if failed is None:
             return  # TCP weather (refused, unreachable): paho retries with backoff
-        refusal = self.tls.refusal(self.host, self.port, error)
-        self.last_error = str(refusal) if refusal else f"TLS handshake with {self.host}:{self.port} failed: {error}"
+        self.last_error, refusal = failed
         if refusal is not None and self.connects == 0 and self.fatal is None:
             self.fatal = refusal
             logger.error("%s", refusal)

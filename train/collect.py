@@ -86,7 +86,6 @@ class Collector:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
                         manual_ack=True)
         c.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
-        self.tls = tls
         self._handshakes = tls.apply(c) if tls is not None else None
         self.connects = 0
         self.fatal: Exception | None = None  # the broker's certificate refused before a first connection
@@ -165,11 +164,10 @@ class Collector:
         client.subscribe(self.subscription, qos=1)
 
     def _on_connect_fail(self, client, userdata) -> None:
-        error = self._handshakes.take() if self._handshakes is not None else None
-        if error is None:
+        failed = self._handshakes.failure(self.host, self.port) if self._handshakes is not None else None
+        if failed is None:
             return  # TCP weather: paho retries with backoff
-        refusal = self.tls.refusal(self.host, self.port, error)
-        self.last_error = str(refusal) if refusal else f"TLS handshake with {self.host}:{self.port} failed: {error}"
+        self.last_error, refusal = failed
         logger.error("%s", self.last_error)
         if refusal is not None and self.connects == 0:
             self.fatal = refusal
