@@ -42,7 +42,7 @@ def ensure_bundle(path: Path | None) -> Path:
 
 def ensure_video(frames: int, workdir: Path) -> Path:
     from sdk_bundle_fixture import load_mnist
-    from train.videos import write_digit_video
+    from train.data.videos import write_digit_video
 
     video = workdir / f"paper-digits-640x480-{frames}.avi"
     if not video.exists():

@@ -53,7 +53,7 @@ def lenet_run(run: str | None, epochs: int) -> Path:
     if run:
         return Path(run)
     from train.config import TrainConfig
-    from train.train import run_training
+    from train.fit import run_training
 
     config = TrainConfig(
         model="lenet5", data=str(MNIST), epochs=epochs, batch_size=128, runs_dir=str(CACHE / "export_runs"),
@@ -159,10 +159,10 @@ def _resized_subset(ds, n: int, size: int, colour: str, seed: int):
 def bench_model(name: str, size: int, colour: str, n_train: int, n_test: int, epochs: int, sparsity: float,
                 batch_size: int, prune_epochs: int = 2, seed: int = 42, **model_kw) -> dict:
     from train import models
-    from train import optimize as opt
     from train._tf import keras
     from train.data import load_dataset
-    from train.data_pipeline import make_tf_dataset
+    from train.data.pipeline import make_tf_dataset
+    from train.export import compress as opt
     from train.export import predict_keras
 
     keras.utils.set_random_seed(seed)

@@ -58,8 +58,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
+    from train.analysis.fairness import evaluate_fairness, format_table
     from train.data import load_dataset, stratified_sample
-    from train.fairness import evaluate_fairness, format_table
 
     mnist = stratified_sample(load_dataset(str(SHARED / "mnist"), split="test"), args.mnist, seed=args.seed)
     semeion = load_dataset(str(SHARED / "semeion" / "semeion.data"))

@@ -10,7 +10,7 @@ missing) meets a shifted domain: the UCI Semeion handwritten digits (other write
 and a shifted-domain test set (60%) no model ever trains on.
 
 For each count of labelled samples (drawn stratified from the pool) and each variant the base
-model is fine-tuned with ``train.retrain.finetune`` (same epochs and steps for every variant):
+model is fine-tuned with ``train.loop.retrain.finetune`` (same epochs and steps for every variant):
 
 - ``replay``: feedback mixed with replayed MNIST training images (rehearsal), the default
 - ``none``:   feedback alone (naive fine-tuning: what forgetting looks like)
@@ -56,7 +56,7 @@ def main() -> None:
 
     from train._tf import keras
     from train.data import load_dataset, stratified_sample, stratified_split
-    from train.retrain import RetrainSettings, accuracy, epoch_size, finetune
+    from train.loop.retrain import RetrainSettings, accuracy, epoch_size, finetune
     from train.runs import load_run
 
     run = load_run(base_run())

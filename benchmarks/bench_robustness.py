@@ -51,7 +51,7 @@ def variants(noise_std: float, adv_epsilon: float) -> dict[str, dict]:
 def train_variant(name: str, extra: dict, epochs: int, retrain: bool) -> Path:
     """The variant's run, reused from the cache when its config is unchanged."""
     from train.config import TrainConfig
-    from train.train import run_training
+    from train.fit import run_training
 
     config = TrainConfig(model="lenet5", data=str(MNIST), epochs=epochs, batch_size=128, lr_schedule="none",
                          early_stopping_patience=0, runs_dir=str(CACHE / "robustness_runs"), run_name=f"lenet5-{name}",
@@ -73,8 +73,8 @@ def _value(data: dict, condition: str, key: str) -> float:
 
 
 def measure(name: str, run: Path, samples: int) -> dict:
+    from train.analysis.robustness import evaluate_robustness
     from train.export import export_bundle
-    from train.robustness import evaluate_robustness
 
     export = export_bundle("rpi", run, CACHE / "robustness_bundles" / name, latency_runs=20)
     t0 = time.perf_counter()

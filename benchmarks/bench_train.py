@@ -11,7 +11,7 @@
     python benchmarks/bench_train.py --only resnet_mnist resnet_fashion lenet5_fashion
     python benchmarks/bench_train.py --only resnet_fashion_plain resnet_fashion_flip
 
-Each experiment trains with ``train.train.run_training`` exactly as the CLI would, prints its
+Each experiment trains with ``train.fit.run_training`` exactly as the CLI would, prints its
 figures and writes them to ``benchmarks/results/train_<name>.json``. Test-set accuracy is measured
 on the official 10k test sets, which no model trains or early-stops on (early stopping and
 learning-rate reduction watch the validation split carved from the training data).
@@ -84,7 +84,7 @@ SEED: int | None = None  # --seed: run an experiment with another seed (split an
 
 
 def _run(name: str, config: TrainConfig, target: float | None = None) -> dict:
-    from train.train import run_training
+    from train.fit import run_training
 
     command = "python benchmarks/bench_train.py --only " + name
     if SEED is not None:

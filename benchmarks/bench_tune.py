@@ -3,7 +3,7 @@
     python benchmarks/bench_tune.py                       # LeNet-5, 10k MNIST images, 12 TPE vs 12 random trials
     python benchmarks/bench_tune.py --trials 6 --train-limit 3000
 
-Both searches run ``train.tune.tune`` on the same base config over seed 001's Table III space
+Both searches run ``train.analysis.tune.tune`` on the same base config over seed 001's Table III space
 (learning rate, batch size, LeNet-5 width and dropout; epochs fixed so every trial costs the
 same), with the same seed and the median pruner. The best config of each is then retrained with
 full evaluation (``--train-best``) and scored on the official 10k MNIST test set, which no trial
@@ -28,7 +28,7 @@ RESULTS = HERE / "results"
 
 
 def main() -> int:
-    from train.tune import default_space, format_result, tune
+    from train.analysis.tune import default_space, format_result, tune
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=12)

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from train.config import TrainConfig
     from train.data import load_dataset
     from train.export import export_bundle
-    from train.train import run_training
+    from train.fit import run_training
 
     run_dir = a.workdir / "runs" / "lenet5-sample"
     if not (run_dir / "metrics.json").is_file():
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== 2. reusing the bundle in {bundle}")
 
     print("== 3. writing a sample video of held-out test digits on paper", flush=True)
-    from train.videos import write_digit_video
+    from train.data.videos import write_digit_video
 
     test = load_dataset(str(SAMPLE), split="test")
     video = write_digit_video(a.workdir / "digits.avi", test.x[: a.frames, :, :, 0], seed=0)

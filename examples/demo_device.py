@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     if a.video is None:
         import numpy as np
 
-        from train.videos import write_digit_video
+        from train.data.videos import write_digit_video
 
         x = np.load(SAMPLE)["x_test"]
         a.video = write_digit_video(work / "digits.avi", x[: a.frames], seed=0)

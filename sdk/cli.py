@@ -15,12 +15,13 @@ import sys
 import threading
 from typing import Sequence
 
-from .errors import EXIT_CODES, ConfigError, EdgeError
+from .errors import ConfigError, EdgeError, ExitCode, exit_codes_help
 from .mqtt_args import add_credential_arguments, add_tls_arguments, wants_tls
 
 logger = logging.getLogger("sdk.cli")
 
 SUBCOMMANDS = ("validate-config", "bench")
+DEVICE_EXIT_CODES = [c for c in ExitCode if c <= ExitCode.BROKER_HOSTNAME]
 
 
 def summary(stats) -> dict:
@@ -32,16 +33,12 @@ def summary(stats) -> dict:
             "fps": round(stats.fps, 2), "ended_by": stats.ended_by}
 
 
-def _exit_code_table() -> str:
-    return "exit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in sorted(EXIT_CODES.items()))
-
-
 def _run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edge-classify",
         description="Classify frames from a camera, video, RTSP stream or image folder with a model "
                     "bundle and publish the results over MQTT. Subcommands: validate-config FILE, bench BUNDLE.",
-        epilog=_exit_code_table(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=exit_codes_help(DEVICE_EXIT_CODES), formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--camera", type=int, metavar="N", help="camera index (/dev/videoN)")
     src.add_argument("--video", metavar="FILE", help="video file")
@@ -153,7 +150,7 @@ def _cmd_run(argv: Sequence[str]) -> int:
 
 def _cmd_validate(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="edge-classify validate-config", description="Check a config file and exit.",
-                                epilog=_exit_code_table(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=exit_codes_help(DEVICE_EXIT_CODES), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file")
     a = p.parse_args(argv)
     from .config import load_config
@@ -165,7 +162,7 @@ def _cmd_validate(argv: Sequence[str]) -> int:
 
 def _cmd_bench(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="edge-classify bench", description="Interpreter latency of a bundle.",
-                                epilog=_exit_code_table(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=exit_codes_help(DEVICE_EXIT_CODES), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bundle")
     p.add_argument("--runs", type=int, default=500)
     p.add_argument("--warmup", type=int, default=20)

@@ -35,7 +35,7 @@ def fashion_dir(shared_data) -> Path:
 def small_run(tmp_path_factory, mnist_dir) -> Path:
     """A LeNet-5 run on 3,000 real MNIST training images, 3 epochs, via the real trainer."""
     from train.config import TrainConfig
-    from train.train import run_training
+    from train.fit import run_training
 
     config = TrainConfig(
         model="lenet5",

@@ -27,7 +27,7 @@ import pytest
 
 from mqtt_fixtures import free_port
 from sdk_bundle_fixture import load_mnist
-from train.videos import paper_frame
+from train.data.videos import paper_frame
 
 BOUNDARY = "edgeclf-frame"
 PATH = "/stream.mjpg"

@@ -26,9 +26,9 @@ from sdk.mqtt import MqttPublisher
 from sdk.topics import Topics
 from sdk.uncertainty import hamming, phash
 from train import collect, label
-from train.collect import Collector
 from train.data import load_dataset
-from train.feedback import FeedbackError, FeedbackStore
+from train.loop.collect import Collector
+from train.loop.store import FeedbackError, FeedbackStore
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = [str(i) for i in range(10)]
@@ -155,7 +155,7 @@ def test_invalid_payload_is_logged_acked_and_kept(digits, mosquitto, tmp_path, c
     truncated = sample(digits, 3)
     truncated["image"]["bytes"] += 1
     rejected = tmp_path / "fb" / "rejected"
-    caplog.set_level(logging.WARNING, logger="train.collect")
+    caplog.set_level(logging.WARNING, logger="train.loop.collect")
     with collector(store, mosquitto, "strict", rejected_dir=rejected) as col:
         assert col.wait_subscribed(10)
         publish(mosquitto, [bad_reason, sample(digits, 4)])
@@ -270,7 +270,7 @@ def test_disk_bound_evicts_oldest_pending_first(digits, tmp_path, caplog):
     small = FeedbackStore(tmp_path / "small", labels=LABELS, max_bytes=bound)
     for i in (10, 11):
         small.set_label(small.add(sample(digits, i)), "1")
-    caplog.set_level(logging.WARNING, logger="train.feedback")
+    caplog.set_level(logging.WARNING, logger="train.loop.store")
     small.add(sample(digits, 12))
     assert "only labelled samples left" in caplog.text
     assert [s.id for s in small.labelled()] == [2] and [s.id for s in small.pending()] == [3]

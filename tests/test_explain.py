@@ -87,7 +87,7 @@ def test_galleries_pick_correct_by_class_and_confident_mistakes():
 
 
 def test_report_gets_gradcam_gallery_and_explanations_section(small_run, tmp_path, capsys):
-    from train.evaluate import evaluate_run
+    from train.report import evaluate_run
 
     run = tmp_path / "run"
     shutil.copytree(small_run, run)

@@ -82,7 +82,7 @@ def _litert_accuracy(model_path: Path, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def test_target_registry():
-    from train.targets import TargetSpec, UnknownTargetError, get_target, list_targets, register_target
+    from train.export.targets import TargetSpec, UnknownTargetError, get_target, list_targets, register_target
 
     assert list_targets() == ["coral", "cpu", "jetson", "rpi"]
     assert list_targets("c*") == ["coral", "cpu"]
@@ -104,7 +104,7 @@ def test_target_registry():
 def test_export_target(target, exported, small_run, mnist_test):
     import jsonschema
 
-    from train.tflite_metadata import read_labels
+    from train.export.metadata import read_labels
 
     result = exported(target)
     bundle = result.bundle_dir
@@ -133,7 +133,7 @@ def test_export_target(target, exported, small_run, mnist_test):
     assert acc == pytest.approx(manifest.accuracy_exported.test, abs=1e-9)
 
     # what the converter produced is what the manifest says
-    from train.optimize import io_details
+    from train.export.compress import io_details
 
     io = io_details((bundle / MODEL_FILE).read_bytes())
     assert manifest.input.shape == io["input"]["shape"] == [1, 28, 28, 1]
@@ -209,7 +209,7 @@ def test_export_target(target, exported, small_run, mnist_test):
 
 def test_qat_and_clustering(small_run):
     """QAT and clustering on a tiny budget: the mechanics (clusters, zeros kept, INT8 model runs)."""
-    from train import optimize as opt
+    from train.export import compress as opt
     from train.runs import load_run
 
     run = load_run(small_run)
@@ -233,7 +233,7 @@ def test_qat_and_clustering(small_run):
 def test_batchnorm_recalibration_follows_the_weights():
     """After fine-tuning moves the weights, BN moving statistics must match them again."""
     from train._tf import keras
-    from train.optimize import recalibrate_batchnorm
+    from train.export.compress import recalibrate_batchnorm
 
     inputs = keras.Input((8, 8, 1))
     x = keras.layers.Rescaling(1 / 255.0)(inputs)
@@ -252,7 +252,7 @@ def test_batchnorm_recalibration_follows_the_weights():
 
 def test_calibration_set_is_stratified_and_refuses_empty(mnist_dir):
     from train.data import load_dataset
-    from train.optimize import CalibrationError, calibration_set
+    from train.export.compress import CalibrationError, calibration_set
 
     ds = load_dataset(str(mnist_dir), split="test")
     x = calibration_set(ds, 500, seed=1)
@@ -268,8 +268,8 @@ def test_calibration_set_is_stratified_and_refuses_empty(mnist_dir):
 
 def test_preflight_flags_what_the_edge_tpu_cannot_run():
     from train._tf import keras, tf
-    from train.edgetpu_preflight import preflight
-    from train.optimize import convert
+    from train.export.compress import convert
+    from train.export.preflight import preflight
 
     inputs = keras.Input((16, 16, 1))
     x = keras.layers.Rescaling(1 / 255.0)(inputs)

@@ -87,8 +87,8 @@ def test_onnx_numeric_mismatch_is_an_error(small_run, tmp_path):
     1e-3, which is what a graph tf2onnx got subtly wrong would look like (no model of ours does).
     """
     from train.export import TargetArtefactError, predict_keras
+    from train.export.targets.jetson import ONNX_MAX_ABS_DIFF, export_onnx
     from train.runs import load_run
-    from train.targets.jetson import ONNX_MAX_ABS_DIFF, export_onnx
 
     run = load_run(small_run)
     sample = run.splits()["val"].x[:64]
@@ -132,7 +132,7 @@ def test_coral_compiler_without_a_model_is_an_error(tmp_path, monkeypatch):
     without writing the compiled model is a failure, and a stale compiled model from an earlier
     export cannot pass for this run's (a stale manifest is cleared by the export: jetson test)."""
     from train.export import TargetArtefactError
-    from train.targets.coral import run_edgetpu_compiler
+    from train.export.targets.coral import run_edgetpu_compiler
 
     _stand_in_compiler(tmp_path, monkeypatch, 'echo "Model compiled successfully in 3 ms."\nexit 0\n')
     out = tmp_path / "coral"
@@ -175,7 +175,7 @@ def test_coral_compiler_that_succeeds_is_in_the_bundle(small_run, tmp_path, monk
 def test_coral_compiler_that_cannot_start_or_hangs(case, tmp_path, monkeypatch):
     """The compiler alone, no export: a broken interpreter line, and a run past the timeout."""
     from train.export import TargetArtefactError
-    from train.targets.coral import run_edgetpu_compiler
+    from train.export.targets.coral import run_edgetpu_compiler
 
     script = "exec sleep 30\n" if case == "hangs" else ""  # exec: no orphan holding the pipes open
     exe = _stand_in_compiler(tmp_path, monkeypatch, script)

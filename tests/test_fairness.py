@@ -41,7 +41,7 @@ def pooled(mnist_test, shared_data, tmp_path_factory) -> dict:
 @pytest.fixture()
 def run(small_run, tmp_path):
     """A copy of the small LeNet-5 run with its report, so analyses can be added to it."""
-    from train.evaluate import evaluate_run
+    from train.report import evaluate_run
 
     shutil.copytree(small_run, tmp_path / "run")
     evaluate_run(tmp_path / "run", timing=False)
@@ -136,7 +136,7 @@ def test_small_groups_are_warned(caplog):
     y = np.array([0, 1, 1, 0, 1, 0, 1, 1])
     pred = np.array([0, 1, 0, 0, 1, 1, 1, 1])
     groups = np.array(["a", "a", "a", "b", "b", "b", "b", "b"])
-    with caplog.at_level(logging.WARNING, logger="train.fairness"):
+    with caplog.at_level(logging.WARNING, logger="train.analysis.fairness"):
         result = fairness.group_metrics(y, pred, groups, ["0", "1"], min_group_size=4)
     assert result["small_groups"] == ["a"]
     assert "group 'a' has 3 samples (fewer than 4)" in caplog.text

@@ -20,7 +20,7 @@ import sdk
 from mqtt_fixtures import Collector, mosquitto  # noqa: F401  (fixture)
 from sdk.config import Config
 from train.data import load_dataset, stratified_sample, stratified_split
-from train.videos import write_digit_video
+from train.data.videos import write_digit_video
 
 pytestmark = pytest.mark.slow
 DEVICE = "cam-7"
@@ -44,11 +44,11 @@ def _accuracy_by_version(results: list[dict], truth: np.ndarray) -> dict[str, tu
 
 def test_uncertain_frames_to_labels_to_retrained_model_on_the_device(small_run, shared_data, mosquitto, tmp_path):
     from sdk.update import generate_keypair
-    from train.collect import Collector as SampleCollector
     from train.export import export_bundle
-    from train.feedback import FeedbackStore
-    from train.publish import publish_bundle
-    from train.retrain import RetrainSettings, retrain
+    from train.loop.collect import Collector as SampleCollector
+    from train.loop.publish import publish_bundle
+    from train.loop.retrain import RetrainSettings, retrain
+    from train.loop.store import FeedbackStore
 
     sign_key, _, _ = generate_keypair(tmp_path / "keys" / "fleet")  # as `python -m train.publish keygen` does
 

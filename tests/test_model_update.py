@@ -51,9 +51,9 @@ from sdk.update import (
     verify,
 )
 from sdk_bundle_fixture import load_mnist, sdk_bundle, small_cnn, write_int8_bundle  # noqa: F401  (fixture)
-from train.publish import DeviceOutcome, publish_bundle, rollback
-from train.publish import main as publish_main
-from train.videos import write_digit_video
+from train.data.videos import write_digit_video
+from train.loop.publish import DeviceOutcome, publish_bundle, rollback
+from train.loop.publish import main as publish_main
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = "dev1"

@@ -30,7 +30,7 @@ def test_retrain_learns_the_new_domain_without_forgetting(small_run, semeion, tm
     from sdk.bundle import verify_bundle
     from sdk.runtime import load_bundle
     from train._tf import keras
-    from train.retrain import RetrainSettings, accuracy, retrain
+    from train.loop.retrain import RetrainSettings, accuracy, retrain
 
     pool, shifted_test = semeion
     feedback = _npz(tmp_path / "feedback.npz", stratified_sample(pool, 300, seed=0))
@@ -58,7 +58,7 @@ def test_retrain_learns_the_new_domain_without_forgetting(small_run, semeion, tm
 
 
 def test_without_replay_every_epoch_is_feedback(small_run, semeion):
-    from train.retrain import RetrainSettings, _mix, epoch_size
+    from train.loop.retrain import RetrainSettings, _mix, epoch_size
 
     pool, _ = semeion
     learn = stratified_sample(pool, 100, seed=0)
@@ -73,7 +73,7 @@ def test_without_replay_every_epoch_is_feedback(small_run, semeion):
 
 
 def test_cli_errors(small_run, tmp_path, capsys):
-    from train.retrain import main
+    from train.loop.retrain import main
 
     assert main(["--base", str(tmp_path / "nope"), "--feedback", str(tmp_path), "--target", "rpi"]) == 3
     assert "nope" in capsys.readouterr().err

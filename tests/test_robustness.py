@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from train.robustness import CORRUPTIONS, main
+from train.analysis.robustness import CORRUPTIONS, main
 
 EPSILONS = [0.0, 8.0, 32.0]
 
@@ -20,7 +20,7 @@ EPSILONS = [0.0, 8.0, 32.0]
 @pytest.fixture(scope="module")
 def run_dir(small_run, tmp_path_factory):
     """A copy of the shared small run, with its report, so the analysis does not touch the original."""
-    from train.evaluate import evaluate_run
+    from train.report import evaluate_run
 
     dst = tmp_path_factory.mktemp("robustness") / "run"
     shutil.copytree(small_run, dst, ignore=shutil.ignore_patterns("bundles", "analysis"))
@@ -139,8 +139,9 @@ def test_adversarial_training_saves_a_plain_model_that_exports(mnist_dir, tmp_pa
     from train._tf import keras
     from train.data import stratified_sample
     from train.export import export_bundle
+    from train.fit import run_training
     from train.runs import load_run
-    from train.train import build_parser, config_from_args, run_training
+    from train.train import build_parser, config_from_args
 
     args = build_parser().parse_args([
         "--model", "lenet5", "--data", str(mnist_dir), "--train-limit", "1000", "--epochs", "2", "--lr-schedule", "none",
@@ -193,7 +194,7 @@ def test_adversarial_config_rejects_unknown_keys():
 
 def test_noise_std_alone_is_noise_injection():
     from train.config import AugmentConfig
-    from train.data_pipeline import make_augmenter
+    from train.data.pipeline import make_augmenter
 
     assert make_augmenter(AugmentConfig(), (28, 28, 1), 0.0, 1) is None
     aug = make_augmenter(AugmentConfig(noise_std=30), (28, 28, 1), 0.0, 1)
@@ -209,7 +210,7 @@ def test_augmentation_differs_every_epoch():
     sequence with it (GaussianNoise did, so every epoch saw the same noise)."""
     from train._tf import tf
     from train.config import AugmentConfig
-    from train.data_pipeline import make_augmenter
+    from train.data.pipeline import make_augmenter
 
     x = np.random.default_rng(0).uniform(0, 255, (8, 28, 28, 1)).astype(np.float32)
     for cfg in ({"noise_std": 10}, {"hflip": True}, {"rotation": 10}, {"shift": 0.1}, {"elastic": 30}):

@@ -13,7 +13,7 @@ from sdk.cli import main
 from sdk.config import Config, load_config
 from sdk.errors import ConfigError, ManifestError, ModelError, RuntimeUnavailableError, SourceOpenError, SourceReadError
 from sdk_bundle_fixture import sdk_bundle  # noqa: F401  (fixture)
-from train.videos import write_digit_video
+from train.data.videos import write_digit_video
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "firmware_configs").glob("*.yaml"))
@@ -178,7 +178,7 @@ def test_run_without_mqtt_and_images_dir(sdk_bundle, tmp_path, mnist_dir, capsys
     import numpy as np
 
     from sdk_bundle_fixture import load_mnist
-    from train.videos import paper_frame
+    from train.data.videos import paper_frame
 
     x, y = load_mnist(mnist_dir, "test")
     rng = np.random.default_rng(0)

@@ -14,7 +14,7 @@ from sdk.pipeline import Classifier
 from sdk.preprocess import centre_digit, find_digit
 from sdk.runtime import load_bundle
 from sdk_bundle_fixture import load_mnist, sdk_bundle  # noqa: F401  (fixture)
-from train.videos import paper_frame, write_digit_video
+from train.data.videos import paper_frame, write_digit_video
 
 N = 300
 

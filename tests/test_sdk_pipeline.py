@@ -24,7 +24,7 @@ from sdk.sources import LiveSource
 from sdk.topics import Topics
 from sdk.uncertainty import SamplingPolicy, measure, reasons_for
 from sdk_bundle_fixture import load_mnist, sdk_bundle  # noqa: F401  (fixture)
-from train.videos import paper_frame, write_digit_video
+from train.data.videos import paper_frame, write_digit_video
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = "dev1"

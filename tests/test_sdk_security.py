@@ -14,7 +14,7 @@ from sdk.config import Config
 from sdk.errors import MqttConfigError
 from sdk.mqtt import MqttPublisher, TlsSettings
 from sdk_bundle_fixture import load_mnist, sdk_bundle  # noqa: F401  (fixture)
-from train.videos import write_digit_video
+from train.data.videos import write_digit_video
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ from sdk.errors import BrokerCertificateError, BrokerHostnameError
 from sdk.mqtt import TlsSettings
 from sdk_bundle_fixture import load_mnist, sdk_bundle  # noqa: F401  (fixture)
 from train import collect, publish
-from train.feedback import FeedbackStore
-from train.videos import write_digit_video
+from train.data.videos import write_digit_video
+from train.loop.store import FeedbackStore
 
 CASES = {
     # the broker's certificate is signed by a CA the clients were not given

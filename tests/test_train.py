@@ -15,7 +15,7 @@ from train.data import load_dataset, write_kaggle_csv
 @pytest.fixture(scope="module")
 def mnist_run(mnist_dir, tmp_path_factory):
     """LeNet-5 trained briefly on 6,000 real MNIST digits; the 10k official test set is held out."""
-    from train.train import run_training
+    from train.fit import run_training
 
     runs = tmp_path_factory.mktemp("runs")
     config = TrainConfig(model="lenet5", data=str(mnist_dir), train_limit=6000, epochs=6, batch_size=64,
@@ -106,7 +106,7 @@ def test_config_file_with_flag_override(tmp_path):
 
 
 def test_stratified_kfold_crossval(mnist_dir, tmp_path):
-    from train.crossval import cross_validate
+    from train.analysis.crossval import cross_validate
 
     config = TrainConfig(model="lenet5", data=str(mnist_dir), train_limit=3000, epochs=3, runs_dir=str(tmp_path), verbose=0,
                          tensorboard=False)
@@ -120,7 +120,7 @@ def test_stratified_kfold_crossval(mnist_dir, tmp_path):
 
 def test_augmentation_keeps_range_and_shape(mnist_dir):
     from train.config import AugmentConfig
-    from train.data_pipeline import make_augmenter, make_tf_dataset
+    from train.data.pipeline import make_augmenter, make_tf_dataset
 
     ds = load_dataset(str(mnist_dir), split="test").subset(range(64))
     aug = make_augmenter(AugmentConfig(enabled=True, rotation=15, shift=0.1, zoom=0.1, crop=0.1, brightness=0.2,
@@ -133,7 +133,7 @@ def test_augmentation_keeps_range_and_shape(mnist_dir):
 
 def test_elastic_distortion_moves_strokes_locally(mnist_dir):
     from train.config import AugmentConfig
-    from train.data_pipeline import make_augmenter
+    from train.data.pipeline import make_augmenter
 
     x = load_dataset(str(mnist_dir), split="test").x[:64].astype(np.float32)
     cfg = AugmentConfig(enabled=True, rotation=0, shift=0, zoom=0, elastic=34, elastic_sigma=4)
@@ -163,7 +163,7 @@ def test_elastic_distortion_moves_strokes_locally(mnist_dir):
 
 
 def test_elastic_flag_stands_alone():
-    from train.data_pipeline import make_augmenter
+    from train.data.pipeline import make_augmenter
     from train.train import build_parser, config_from_args
 
     config = config_from_args(build_parser().parse_args(["--data", "mnist", "--elastic", "34", "--elastic-sigma", "5"]))
@@ -173,7 +173,7 @@ def test_elastic_flag_stands_alone():
 
 
 def test_crossval_of_a_run_lands_in_its_report(mnist_run, tmp_path, capsys):
-    from train.crossval import main
+    from train.analysis.crossval import main
 
     code = main(["--run", str(mnist_run), "--train-limit", "1500", "--epochs", "2", "--folds", "2",
                  "--out", str(tmp_path / "cv"), "--quiet"])

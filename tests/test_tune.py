@@ -27,7 +27,7 @@ def base(mnist_dir, tmp_path_factory) -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def grid_result(base, tmp_path_factory):
-    from train.tune import load_space, tune
+    from train.analysis.tune import load_space, tune
 
     out = tmp_path_factory.mktemp("grid")
     (out / "space.yaml").write_text(GRID_SPACE)
@@ -71,8 +71,8 @@ def test_best_config_round_trip_through_train_cli(grid_result, tmp_path):
 
 
 def test_default_space_follows_table_iii_where_the_model_can():
+    from train.analysis.tune import apply_params, default_space
     from train.models import create_model
-    from train.tune import apply_params, default_space
 
     space, notes = default_space("lenet5", epochs_max=30)
     assert space["learning_rate"].grid == [0.001, 0.01, 0.1] and space["learning_rate"].log
@@ -90,7 +90,7 @@ def test_default_space_follows_table_iii_where_the_model_can():
 
 
 def test_random_sampler_is_seeded(base, tmp_path):
-    from train.tune import default_space, tune
+    from train.analysis.tune import default_space, tune
 
     space, _ = default_space("lenet5", epochs_max=1)
     first, again = (tune(base.model_copy(update={"seed": 3}), space, trials=1, sampler="random", out_dir=tmp_path / str(i))
@@ -101,7 +101,7 @@ def test_random_sampler_is_seeded(base, tmp_path):
 
 
 def test_cli_tpe_matches_library_and_is_seeded(base, mnist_dir, tmp_path):
-    from train.tune import default_space, tune
+    from train.analysis.tune import default_space, tune
 
     cmd = [sys.executable, "-m", "train.tune", "--model", "lenet5", "--data", str(mnist_dir), "--train-limit", "1000",
            "--val-fraction", "0.02", "--epochs-max", "1", "--trials", "2", "--seed", "7", "--out", str(tmp_path / "cli"),
@@ -118,7 +118,7 @@ def test_cli_tpe_matches_library_and_is_seeded(base, mnist_dir, tmp_path):
 
 def test_median_pruner_stops_a_diverging_trial_of_a_resumed_study(base, tmp_path):
     """Two sane trials, then the same study (sqlite) resumed with an absurd learning rate: pruned after epoch 1."""
-    from train.tune import ParamSpec, tune
+    from train.analysis.tune import ParamSpec, tune
 
     common = dict(sampler="random", pruner="median", prune_startup=2, study_name="prune",
                   storage=f"sqlite:///{tmp_path / 'tune.db'}", out_dir=tmp_path / "out")
@@ -148,7 +148,7 @@ def test_median_pruner_stops_a_diverging_trial_of_a_resumed_study(base, tmp_path
     (["--epochs-max", "3"], "epochs: {type: int, low: 1, high: 3}\n", ["--epochs-max", "--space"]),
 ])
 def test_bad_input_is_a_clear_error(args, space, needles, mnist_dir, tmp_path, capsys):
-    from train.tune import main
+    from train.analysis.tune import main
 
     argv = ["--data", str(mnist_dir), "--out", str(tmp_path / "out"), *args]
     if space is not None:

@@ -60,7 +60,7 @@ class Run:
 
     def splits(self) -> dict:
         """Rebuild the exact train/val(/test) splits the run used (same spec, seed and fractions)."""
-        from train.data_pipeline import build_splits
+        from train.data.pipeline import build_splits
 
         return build_splits(self.config)
 

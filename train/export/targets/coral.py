@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from train.targets import COMMON_OPTIONS, INT8_OPTIONS, Artefact, TargetSpec, register_target
+from train.export.targets import COMMON_OPTIONS, INT8_OPTIONS, Artefact, TargetSpec, register_target
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Generic CPU baseline: float32 and dynamic-range (INT8 weights, float activations)."""
-from train.targets import COMMON_OPTIONS, Artefact, TargetSpec, register_target
+from train.export.targets import COMMON_OPTIONS, Artefact, TargetSpec, register_target
 
 
 @register_target

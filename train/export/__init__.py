@@ -46,9 +46,9 @@ from sdk.bundle import (
     sha256_file,
     write_manifest,
 )
-from train.optimize import CalibrationError, gzip_size
+from train.export.compress import CalibrationError, gzip_size
+from train.export.targets import TargetSpec, UnknownTargetError, describe_targets, get_target, list_targets
 from train.runs import Run, RunError, load_run
-from train.targets import TargetSpec, UnknownTargetError, describe_targets, get_target, list_targets
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def _run_from_model_file(path: Path, data: str | None) -> Run:
         raise OptionError(f"{path} is a bare model file: pass --data SPEC (the dataset to calibrate and evaluate on)")
     model = _load_model(path)
     from train.data import load_dataset
-    from train.data_pipeline import detect_polarity
+    from train.data.pipeline import detect_polarity
 
     try:
         probe = load_dataset(data, split="train")
@@ -349,8 +349,8 @@ def export_bundle(
         raise CalibrationError(f"the calibration set is empty: --calibration-samples must be >= 1, got {n_calib}")
     source = open_source(run, data=data, runs_dir=runs_dir)
 
-    from train import optimize as opt
-    from train.tflite_metadata import embed_labels
+    from train.export import compress as opt
+    from train.export.metadata import embed_labels
 
     labels = source.class_names
     float_model = source.model
@@ -474,13 +474,13 @@ def export_bundle(
     # before the manifest.
     try:
         if spec.gpu_check:
-            from train.targets.jetson import gpu_compatibility
+            from train.export.targets.jetson import gpu_compatibility
 
             report["gpu_compatibility"] = gpu_compatibility(primary_bytes)
             (bundle / "gpu_compatibility.txt").write_text(report["gpu_compatibility"]["analyzer_output"])
             extra_files["gpu_compatibility"] = "gpu_compatibility.txt"
         if spec.onnx:
-            from train.targets.jetson import ONNX_FILE, export_onnx, onnx_runner
+            from train.export.targets.jetson import ONNX_FILE, export_onnx, onnx_runner
 
             onnx_path = bundle / ONNX_FILE
             sample = splits["val"].x[:ONNX_CHECK_SAMPLES]
@@ -497,8 +497,8 @@ def export_bundle(
                 "latency": latency(splits["val"].x[:1], runs=latency_runs),
             })
         if spec.preflight == "edgetpu":
-            from train.edgetpu_preflight import preflight
-            from train.targets.coral import run_edgetpu_compiler
+            from train.export.preflight import preflight
+            from train.export.targets.coral import run_edgetpu_compiler
 
             pf = preflight(primary_bytes)
             compiler = run_edgetpu_compiler(bundle / spec.primary.filename, bundle, spec.compiler or "edgetpu_compiler")
@@ -755,11 +755,3 @@ def _summary(result: ExportResult) -> str:
         lines.append(f"  Edge TPU pre-flight: {pf['ops_mapped']}/{pf['ops_total']} ops map; compiler: {pf['compiler']}")
     lines.append(f"  sparsity {r['sparsity']['overall']:.1%}; report: {result.bundle_dir / REPORT_MD}")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    # Under `python -m` this file is __main__, a second copy of train.export: run the real one, so
-    # the errors the target modules raise (train.export.TargetArtefactError) are those main() catches.
-    from train.export import main as _main
-
-    sys.exit(_main())

@@ -131,7 +131,7 @@ def get_target(name: str) -> TargetSpec:
 
 
 # Explicit imports: each module registers its target.
-from train.targets import coral, cpu, jetson, rpi  # noqa: E402,F401
+from train.export.targets import coral, cpu, jetson, rpi  # noqa: E402,F401
 
 __all__ = [
     "Artefact",

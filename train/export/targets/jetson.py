@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train.targets import COMMON_OPTIONS, Artefact, TargetSpec, register_target
+from train.export.targets import COMMON_OPTIONS, Artefact, TargetSpec, register_target
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Raspberry Pi: a full-integer model for the CPU (XNNPACK), thread count recorded."""
-from train.targets import COMMON_OPTIONS, INT8_OPTIONS, Artefact, TargetSpec, register_target
+from train.export.targets import COMMON_OPTIONS, INT8_OPTIONS, Artefact, TargetSpec, register_target
 
 
 @register_target

@@ -74,7 +74,7 @@ def _compile(model, learning_rate: float) -> None:
 
 
 def _fit_data(train, batch_size: int, seed: int, training: bool = True):
-    from train.data_pipeline import make_tf_dataset
+    from train.data.pipeline import make_tf_dataset
 
     if train is None or len(train) == 0:
         raise ValueError("fine-tuning needs a non-empty labelled training set")
