@@ -3,18 +3,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import Iterator, TextIO
 
 from . import __version__
 from .config import Config
-from .errors import ConfigError, ManifestError, ModelError, RuntimeUnavailableError
+from .errors import ConfigError, EdgeError, ManifestError, ModelError, RuntimeUnavailableError
 from .homeassistant import discovery_messages
 from .mqtt import MqttPublisher, Outbox, TlsSettings, credentials_from_env, parse_broker
 from .pipeline import Classifier, Pipeline, PipelineSettings, RunStats
 from .runtime import Bundle, load_bundle
-from .sources import open_source
+from .sources import open_source, parse_source
 from .topics import Topics
 from .uncertainty import Sampler, SamplingPolicy
 from .update import ModelStore, ModelUpdater, UpdatePolicy, load_public_key
@@ -73,6 +73,22 @@ def make_publisher(config: Config, topics: Topics, bundle: Bundle | None = None)
         raise
 
 
+@contextmanager
+def _config_field(field: str) -> Iterator[None]:
+    """A ``ValueError`` from checking a user's setting becomes a :class:`ConfigError` naming the field.
+
+    Only around the calls that check config values: a ``ValueError`` anywhere else is a bug (exit 1).
+    """
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as e:
+        if isinstance(e, EdgeError):
+            raise
+        raise ConfigError(f"{field}: {e}") from e
+
+
 def run(config: Config, stop: threading.Event | None = None, status_stream: TextIO | None = None) -> RunStats:
     """Classify frames from ``config.source`` and publish them until the source ends, ``max_frames``
     is reached, or ``stop`` is set. Raises the :mod:`sdk.errors` classes for bad input."""
@@ -80,11 +96,14 @@ def run(config: Config, stop: threading.Event | None = None, status_stream: Text
         raise ConfigError("no frame source: set source (camera:N, video:PATH, rtsp://URL, images:DIR) "
                           "or pass --camera/--video/--rtsp/--images")
     rt = config.runtime
+    with _config_field("source"):
+        parse_source(config.source)
 
     def make_classifier(path) -> Classifier:
         bundle = load_bundle(path, rt.delegate, rt.num_threads, rt.edgetpu_device)
-        return Classifier(bundle, config.preprocess.mode, config.preprocess.roi, config.preprocess.invert,
-                          config.top_k, config.threshold)
+        with _config_field("preprocess"):
+            return Classifier(bundle, config.preprocess.mode, config.preprocess.roi, config.preprocess.invert,
+                              config.top_k, config.threshold)
 
     u = config.update
     updates = u.enabled and config.mqtt.enabled
@@ -113,10 +132,12 @@ def run(config: Config, stop: threading.Event | None = None, status_stream: Text
         max_frames=config.max_frames)
     cam = config.camera
     with ExitStack() as stack:
-        source = stack.enter_context(open_source(
+        with _config_field("camera"):
+            opened = open_source(
             config.source, loop=config.loop, fps_cap=config.fps_cap, width=cam.width, height=cam.height,
             camera_fps=cam.fps, backend=cam.backend, backoff_min_s=cam.reconnect_min_s,
-            backoff_max_s=cam.reconnect_max_s, open_timeout_s=cam.open_timeout_s, read_timeout_s=cam.read_timeout_s))
+            backoff_max_s=cam.reconnect_max_s, open_timeout_s=cam.open_timeout_s, read_timeout_s=cam.read_timeout_s)
+        source = stack.enter_context(opened)
         publisher = None
         if config.mqtt.enabled:
             publisher = make_publisher(config, topics, bundle)

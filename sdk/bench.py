@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from . import batch
+from .errors import SourceReadError
 from .runtime import load_bundle
 
 
@@ -26,7 +27,7 @@ def bench_decode(video: str | Path, max_frames: int | None = None) -> dict:
     """Frames per second OpenCV decodes ``video`` at (the ceiling of any pipeline on it)."""
     cap = cv2.VideoCapture(str(video))
     if not cap.isOpened():
-        raise ValueError(f"cannot open video {video}")
+        raise SourceReadError(f"{video}: not a readable video (OpenCV cannot open it)")
     n, t = 0, time.perf_counter()
     while max_frames is None or n < max_frames:
         ok, _ = cap.read()

@@ -15,7 +15,7 @@ import sys
 import threading
 from typing import Sequence
 
-from .errors import ConfigError, EdgeError, ExitCode, exit_codes_help
+from .errors import EdgeError, ExitCode, exit_codes_help
 from .mqtt_args import add_credential_arguments, add_tls_arguments, wants_tls
 
 logger = logging.getLogger("sdk.cli")
@@ -164,7 +164,7 @@ def _cmd_bench(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="edge-classify bench", description="Interpreter latency of a bundle.",
                                 epilog=exit_codes_help(DEVICE_EXIT_CODES), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bundle")
-    p.add_argument("--runs", type=int, default=500)
+    p.add_argument("--runs", type=_positive_int, default=500)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--threads", type=int)
     p.add_argument("--delegate", default="auto", choices=["auto", "none", "xnnpack", "edgetpu", "gpu"])
@@ -187,6 +187,13 @@ def _cmd_bench(argv: Sequence[str]) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd = {"validate-config": _cmd_validate, "bench": _cmd_bench}.get(argv[0] if argv else "", _cmd_run)
@@ -199,12 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgeError as e:
         print(f"edge-classify: error: {e}", file=sys.stderr)
         return e.exit_code
-    except ValueError as e:  # bad input caught by a library function (e.g. a bad source spec)
-        print(f"edge-classify: error: {e}", file=sys.stderr)
-        return ConfigError.exit_code
-    except Exception:
+    except Exception:  # a ValueError here is a bug too: bad settings arrive as ConfigError (sdk.app)
         logger.exception("unexpected error")
-        return 1
+        return ExitCode.INTERNAL
 
 
 if __name__ == "__main__":

@@ -161,6 +161,17 @@ def test_bad_broker_and_source_spec(sdk_bundle, short_video, capsys):
     assert code == 3 and "no frame source" in out.err
 
 
+def test_a_bad_setting_is_a_config_error_naming_the_field(sdk_bundle, tmp_path, capsys):
+    """Settings that only the parts can check (a source spec, a preprocess mode) still exit 3 and name the
+    field; a ValueError from anywhere else is a bug (exit 1), not reported as a configuration error."""
+    cfg = tmp_path / "device.yaml"
+    cfg.write_text(f"source: webcam:0\nmodel: {sdk_bundle}\nmqtt: {{enabled: false}}\n")
+    code, out = run_cli(["--config", str(cfg)], capsys)
+    assert code == 3 and "source: unknown frame source 'webcam:0'" in out.err
+    code, out = run_cli(["bench", sdk_bundle, "--runs", "5", "--video", str(tmp_path / "none.mp4")], capsys)
+    assert code == 5 and "none.mp4" in out.err
+
+
 def test_usage_error_is_2(capsys):
     code, _ = run_cli(["--camera", "zero"], capsys)
     assert code == 2

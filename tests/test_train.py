@@ -85,7 +85,7 @@ def test_train_cli_rejects_bad_input(tmp_path):
     bad.write_text("label,pixel0\n1,abc\n")
     r = subprocess.run([sys.executable, "-m", "train.train", "--data", str(bad), "--runs-dir", str(tmp_path)],
                        capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2
+    assert r.returncode == 5  # ExitCode.INPUT: the data is unusable
     assert "bad.csv" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run([sys.executable, "-m", "train.train", "--model", "lenet6", "--data", str(bad)],
                        capture_output=True, text=True, timeout=300)
@@ -93,7 +93,29 @@ def test_train_cli_rejects_bad_input(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model: lenet5\nepochz: 3\n")
     r = subprocess.run([sys.executable, "-m", "train.train", "--config", str(cfg)], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and "epochz" in r.stderr
+    assert r.returncode == 3 and "epochz" in r.stderr  # ExitCode.CONFIG
+    assert "exit codes:" in subprocess.run([sys.executable, "-m", "train.train", "--help"], capture_output=True,
+                                           text=True, timeout=300).stdout
+
+
+def test_a_library_value_error_is_a_bug_not_bad_input(capsys):
+    """Only our errors (they carry an exit code) become `error: ...` and their code; a ValueError raised
+    inside a library propagates with its traceback (exit 1), so it is never reported as a config error."""
+    from sdk.errors import ConfigError, ExitCode
+    from train.errors import run_command
+
+    def library_bug():
+        raise ValueError("operands could not be broadcast together")
+
+    with pytest.raises(ValueError, match="broadcast"):
+        run_command(library_bug)
+
+    def bad_config():
+        raise ConfigError("device.yaml: unknown key 'fps_cpa'")
+
+    assert run_command(bad_config) == ExitCode.CONFIG == 3
+    assert capsys.readouterr().err == "error: device.yaml: unknown key 'fps_cpa'\n"
+    assert run_command(lambda: None) == 0
 
 
 def test_config_file_with_flag_override(tmp_path):

@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from train.errors import ConfigFileError
+
 
 class AugmentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -91,13 +93,13 @@ class TrainConfig(BaseModel):
         try:
             raw = yaml.safe_load(p.read_text()) if p.suffix in (".yaml", ".yml") else json.loads(p.read_text())
         except FileNotFoundError as e:
-            raise ValueError(f"{p}: config file not found") from e
+            raise ConfigFileError(f"{p}: config file not found") from e
         except (yaml.YAMLError, json.JSONDecodeError) as e:
-            raise ValueError(f"{p}: cannot parse config: {e}") from e
+            raise ConfigFileError(f"{p}: cannot parse config: {e}") from e
         if not isinstance(raw, dict):
-            raise ValueError(f"{p}: config must be a mapping of field: value")
+            raise ConfigFileError(f"{p}: config must be a mapping of field: value")
         raw.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return cls.model_validate(raw)
         except ValidationError as e:
-            raise ValueError(f"{p}: invalid config:\n{e}") from e
+            raise ConfigFileError(f"{p}: invalid config:\n{e}") from e

@@ -139,7 +139,7 @@ def run_training(config: TrainConfig, *, evaluate: bool = True, callbacks: list 
     ``callback.splits`` which is set to the run's data splits before training starts.
     """
     from train import models
-    from train._tf import keras, tf
+    from train._tf import keras
 
     models.get_spec(config.model)  # an unknown model name fails before any data is read
     keras.utils.set_random_seed(config.seed)
@@ -148,84 +148,23 @@ def run_training(config: TrainConfig, *, evaluate: bool = True, callbacks: list 
 
     t0 = time.perf_counter()
     splits = build_splits(config)
-    train_ds, val_ds, test_ds = splits["train"], splits["val"], splits["test"]
-    summary = summarize(train_ds)
-    class_names = train_ds.class_names
-    input_shape = train_ds.image_shape
-    polarity = detect_polarity(train_ds.x[:2000])
-    logger.info(
-        "data %s: train %d, val %d, test %s, shape %s, %d classes",
-        config.data, len(train_ds), len(val_ds), len(test_ds) if test_ds is not None else "-", input_shape, len(class_names),
-    )
-
     run_dir = _run_dir(config)
-    (run_dir / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
-    (run_dir / "labels.txt").write_text("\n".join(class_names) + "\n")
-    (run_dir / "dataset.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
-
+    facts = _write_data_facts(config, splits, run_dir)
     batch = config.batch_size * strategy.num_replicas_in_sync
-    border = np.concatenate([train_ds.x[:2000, 0].ravel(), train_ds.x[:2000, -1].ravel()])
-    augmenter = make_augmenter(config.augment, input_shape, float(np.median(border)), config.seed)
-    train_data = one_hot_if_needed(
-        make_tf_dataset(train_ds, batch, training=True, augmenter=augmenter, seed=config.seed), config, len(class_names)
-    )
-    val_data = one_hot_if_needed(make_tf_dataset(val_ds, batch, training=False), config, len(class_names))
-    steps = int(np.ceil(len(train_ds) / batch))
+    train_data, val_data, steps = _tf_datasets(config, splits, batch)
 
-    with strategy.scope():
-        model = models.create_model(config.model, input_shape, len(class_names), **config.model_kwargs)
-        trainer = model  # what is fitted; ``model`` is what is saved
-        if config.adversarial is not None:
-            from train.analysis.adversarial import AdversarialTrainer
-
-            trainer = AdversarialTrainer(model, **config.adversarial.model_dump())
-    model.summary(print_fn=logger.info)
-
+    model, trainer = _build_model(config, strategy, facts["input_shape"], len(facts["class_names"]))
     t_fit = time.perf_counter()
-    staged = config.model == "transfer" and config.transfer_stages
+    for cb in callbacks or []:
+        cb.splits = splits
     with strategy.scope():
-        if staged:
-            models.set_transfer_stage(model, "head")
-        for cb in callbacks or []:
-            cb.splits = splits
-        hist = fit(trainer, config, train_data, val_data, config.epochs, config.learning_rate, run_dir, steps,
-                    extra_callbacks=callbacks or ())
-        history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-        if staged and config.fine_tune_epochs:
-            models.set_transfer_stage(model, "fine_tune", fine_tune_layers=config.fine_tune_layers)
-            ft = fit(
-                trainer, config, train_data, val_data, config.fine_tune_epochs, config.learning_rate / 10, run_dir, steps,
-                initial_epoch=len(history.get("loss", [])), extra_callbacks=callbacks or (),
-            )
-            for k, vals in ft.history.items():
-                history.setdefault(k, []).extend(float(v) for v in vals)
+        history = _fit_stages(model, trainer, config, train_data, val_data, run_dir, steps, list(callbacks or ()))
     train_seconds = time.perf_counter() - t_fit
 
-    best = run_dir / "best.weights.h5"
-    if best.is_file() and not config.early_stopping_patience:
-        trainer.load_weights(str(best))  # EarlyStopping already restored the best weights otherwise
-    best.unlink(missing_ok=True)
-    if mixed:  # save a float32 copy: devices and the converters want float32 weights
-        keras.mixed_precision.set_global_policy("float32")
-    model.save(run_dir / MODEL_FILE)
+    _save_model(model, trainer, config, run_dir, mixed)
     (run_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
-
-    info: dict[str, Any] = {
-        "input_shape": list(input_shape),
-        "class_names": class_names,
-        "colour": "rgb" if input_shape[-1] == 3 else "grey",
-        "polarity": polarity,
-        "split_sizes": {k: (len(v) if v is not None else 0) for k, v in splits.items()},
-        "epochs_run": len(history.get("loss", [])),
-        "train_seconds": round(train_seconds, 2),
-        "data_seconds": round(t_fit - t0, 2),
-        "params": int(model.count_params()),
-        "mixed_precision": mixed,
-        "replicas": strategy.num_replicas_in_sync,
-        "devices": [d.name for d in tf.config.list_logical_devices()],
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(),
-    }
+    info = _run_info(facts, splits, history, model, strategy, mixed,
+                     train_seconds=train_seconds, data_seconds=t_fit - t0)
     (run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
     mark_latest(run_dir)
 
@@ -237,6 +176,104 @@ def run_training(config: TrainConfig, *, evaluate: bool = True, callbacks: list 
         (run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
         _print_outcome(run_dir, metrics, info)
     return run_dir
+
+
+def _write_data_facts(config: TrainConfig, splits: dict, run_dir: Path) -> dict[str, Any]:
+    """Write config.json, labels.txt and dataset.json; return the facts run.json records about the data."""
+    train_ds, val_ds, test_ds = splits["train"], splits["val"], splits["test"]
+    summary = summarize(train_ds)
+    facts = {"input_shape": train_ds.image_shape, "class_names": train_ds.class_names,
+             "polarity": detect_polarity(train_ds.x[:2000])}
+    logger.info(
+        "data %s: train %d, val %d, test %s, shape %s, %d classes", config.data, len(train_ds), len(val_ds),
+        len(test_ds) if test_ds is not None else "-", facts["input_shape"], len(facts["class_names"]),
+    )
+    (run_dir / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
+    (run_dir / "labels.txt").write_text("\n".join(facts["class_names"]) + "\n")
+    (run_dir / "dataset.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+    return facts
+
+
+def _tf_datasets(config: TrainConfig, splits: dict, batch: int):
+    """The training (augmented) and validation tf.data pipelines, and the steps per epoch."""
+    train_ds, val_ds = splits["train"], splits["val"]
+    n_classes = len(train_ds.class_names)
+    border = np.concatenate([train_ds.x[:2000, 0].ravel(), train_ds.x[:2000, -1].ravel()])
+    augmenter = make_augmenter(config.augment, train_ds.image_shape, float(np.median(border)), config.seed)
+    train_data = one_hot_if_needed(
+        make_tf_dataset(train_ds, batch, training=True, augmenter=augmenter, seed=config.seed), config, n_classes
+    )
+    val_data = one_hot_if_needed(make_tf_dataset(val_ds, batch, training=False), config, n_classes)
+    return train_data, val_data, int(np.ceil(len(train_ds) / batch))
+
+
+def _build_model(config: TrainConfig, strategy, input_shape, num_classes: int):
+    """The model to save and the one to fit (an adversarial trainer wraps the model)."""
+    from train import models
+
+    with strategy.scope():
+        model = models.create_model(config.model, input_shape, num_classes, **config.model_kwargs)
+        trainer = model
+        if config.adversarial is not None:
+            from train.analysis.adversarial import AdversarialTrainer
+
+            trainer = AdversarialTrainer(model, **config.adversarial.model_dump())
+    model.summary(print_fn=logger.info)
+    return model, trainer
+
+
+def _fit_stages(model, trainer, config: TrainConfig, train_data, val_data, run_dir: Path, steps: int,
+                callbacks: list) -> dict[str, list[float]]:
+    """Fit (a transfer model: the head first, then fine-tune); return the per-epoch history."""
+    from train import models
+
+    staged = config.model == "transfer" and config.transfer_stages
+    if staged:
+        models.set_transfer_stage(model, "head")
+    hist = fit(trainer, config, train_data, val_data, config.epochs, config.learning_rate, run_dir, steps,
+               extra_callbacks=callbacks)
+    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    if staged and config.fine_tune_epochs:
+        models.set_transfer_stage(model, "fine_tune", fine_tune_layers=config.fine_tune_layers)
+        ft = fit(trainer, config, train_data, val_data, config.fine_tune_epochs, config.learning_rate / 10, run_dir,
+                 steps, initial_epoch=len(history.get("loss", [])), extra_callbacks=callbacks)
+        for k, vals in ft.history.items():
+            history.setdefault(k, []).extend(float(v) for v in vals)
+    return history
+
+
+def _save_model(model, trainer, config: TrainConfig, run_dir: Path, mixed: bool) -> None:
+    from train._tf import keras
+
+    best = run_dir / "best.weights.h5"
+    if best.is_file() and not config.early_stopping_patience:
+        trainer.load_weights(str(best))  # EarlyStopping already restored the best weights otherwise
+    best.unlink(missing_ok=True)
+    if mixed:  # save a float32 copy: devices and the converters want float32 weights
+        keras.mixed_precision.set_global_policy("float32")
+    model.save(run_dir / MODEL_FILE)
+
+
+def _run_info(facts: dict, splits: dict, history: dict, model, strategy, mixed: bool, *,
+              train_seconds: float, data_seconds: float) -> dict[str, Any]:
+    from train._tf import tf
+
+    return {
+        "input_shape": list(facts["input_shape"]),
+        "class_names": facts["class_names"],
+        "colour": "rgb" if facts["input_shape"][-1] == 3 else "grey",
+        "polarity": facts["polarity"],
+        "split_sizes": {k: (len(v) if v is not None else 0) for k, v in splits.items()},
+        "epochs_run": len(history.get("loss", [])),
+        "train_seconds": round(train_seconds, 2),
+        "data_seconds": round(data_seconds, 2),
+        "params": int(model.count_params()),
+        "mixed_precision": mixed,
+        "replicas": strategy.num_replicas_in_sync,
+        "devices": [d.name for d in tf.config.list_logical_devices()],
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+    }
 
 
 def _print_outcome(run_dir: Path, metrics: dict, info: dict) -> None:

@@ -22,13 +22,22 @@ from pathlib import Path
 from typing import Any
 
 from train.config import TrainConfig
+from train.errors import CommandError, ExitCode
 
 MODEL_FILE = "model.keras"
 LATEST_FILE = "LATEST"
 
 
-class RunError(ValueError):
+class RunError(CommandError, ValueError):
     """A run directory that is missing or incomplete."""
+
+    exit_code = ExitCode.BUNDLE
+
+
+class RunModelError(RunError):
+    """A run whose model file exists but cannot be loaded."""
+
+    exit_code = ExitCode.MODEL
 
 
 @dataclass
@@ -56,7 +65,7 @@ class Run:
         try:
             return keras.models.load_model(self.model_path)
         except (OSError, ValueError) as e:
-            raise RunError(f"{self.model_path}: cannot load the model: {e}") from e
+            raise RunModelError(f"{self.model_path}: cannot load the model: {e}") from e
 
     def splits(self) -> dict:
         """Rebuild the exact train/val(/test) splits the run used (same spec, seed and fractions)."""

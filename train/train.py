@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from train.config import AdversarialConfig, AugmentConfig, TrainConfig
-from train.data import DataError
+from train.errors import ExitCode, UsageError, exit_codes_help, run_command
 from train.fit import run_training
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def parse_model_kwargs(items: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise ValueError(f"--model-kw expects KEY=VALUE, got {item!r}")
+            raise UsageError(f"--model-kw expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         try:
             out[k] = json.loads(v)
@@ -40,7 +40,8 @@ def parse_model_kwargs(items: list[str] | None) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m train.train", description=__doc__, epilog=exit_codes_help(EXIT_CODES),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML/JSON TrainConfig file; flags override it")
     p.add_argument("--model", help="registered model name (see --list-models)")
     p.add_argument("--model-kw", action="append", metavar="KEY=VALUE", help="model factory argument (repeatable; VALUE is JSON)")
@@ -96,7 +97,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.config:
         config = TrainConfig.from_file(args.config, **fields)
     else:
-        config = TrainConfig(**fields)
+        try:
+            config = TrainConfig(**fields)
+        except ValidationError as e:
+            problems = "; ".join(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}" for err in e.errors())
+            raise UsageError(f"invalid option: {problems}") from e
     if args.augment:
         config.augment.enabled = True
     for flag, field, valid in (("--noise-std", "noise_std", "within 0..128 pixels"),
@@ -108,7 +113,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         try:
             config.augment = AugmentConfig.model_validate({**config.augment.model_dump(), field: value})
         except ValidationError as e:
-            raise ValueError(f"{flag} must be {valid}; got {value}") from e
+            raise UsageError(f"{flag} must be {valid}; got {value}") from e
     return _with_adversarial(config, args)
 
 
@@ -123,15 +128,18 @@ def _with_adversarial(config: TrainConfig, args: argparse.Namespace) -> TrainCon
         return config
     raw = {**(config.adversarial.model_dump() if config.adversarial else {}), **given}
     if "method" not in raw:
-        raise ValueError("--adv-epsilon/--adv-ratio/--adv-pgd-steps need --adversarial fgsm|pgd")
+        raise UsageError("--adv-epsilon/--adv-ratio/--adv-pgd-steps need --adversarial fgsm|pgd")
     if "epsilon" not in raw:
-        raise ValueError("--adversarial needs --adv-epsilon (L-inf size in pixels, 0 < eps <= 255)")
+        raise UsageError("--adversarial needs --adv-epsilon (L-inf size in pixels, 0 < eps <= 255)")
     try:
         adversarial = AdversarialConfig.model_validate(raw)
     except ValidationError as e:
         problems = "; ".join(f"{_ADV_FLAGS.get(str(err['loc'][0]), err['loc'][0])}: {err['msg']}" for err in e.errors())
-        raise ValueError(f"invalid adversarial training option: {problems}") from e
+        raise UsageError(f"invalid adversarial training option: {problems}") from e
     return config.model_copy(update={"adversarial": adversarial})
+
+
+EXIT_CODES = (ExitCode.OK, ExitCode.INTERNAL, ExitCode.USAGE, ExitCode.CONFIG, ExitCode.INPUT)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,14 +150,8 @@ def main(argv: list[str] | None = None) -> int:
 
         for name in list_models():
             print(f"{name:<14} {model_info(name).get('description', '')}")
-        return 0
-    try:
-        config = config_from_args(args)
-        run_training(config)
-    except (DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return ExitCode.OK
+    return run_command(lambda: run_training(config_from_args(args)) and None)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ full-INT8 TFLite and can be wrapped by ``tfmot.sparsity.keras.prune_low_magnitud
 
 Registered: ``lenet5``, ``paper_cnn``, ``resnet_small``, ``alexnet``, ``transfer``.
 """
-from ._registry import ModelSpec, create_model, get_spec, list_models, model_info, register_model
+from ._registry import ModelOptionError, ModelSpec, create_model, get_spec, list_models, model_info, register_model
 from ._tfmot import register_weightless_layers
 
 # Importing a family module registers its models; listed explicitly, no plugin discovery.

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from train._tf import keras
 
+from ._registry import ModelOptionError
+
 layers = keras.layers
 
 #: Scale that turns 0..255 pixels into 0..1; what our own CNNs use.
@@ -27,6 +29,6 @@ def need_min_size(model_name, input_shape, min_size, why=""):
     height, width = input_shape[:2]
     if min(height, width) < min_size:
         extra = f" ({why})" if why else ""
-        raise ValueError(
+        raise ModelOptionError(
             f"{model_name} needs inputs of at least {min_size}x{min_size}, got {height}x{width}{extra}"
         )

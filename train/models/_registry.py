@@ -13,6 +13,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from train.errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 Builder = Callable[..., Any]
@@ -31,6 +33,10 @@ class ModelSpec:
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
+
+
+class ModelOptionError(UsageError):
+    """An unknown model name, or a model option (size, width, backbone...) that cannot work."""
 
 def _options(fn: Builder) -> dict[str, Any]:
     """Keyword-only parameters of a builder and their defaults."""
@@ -75,7 +81,7 @@ def register_model(
     return decorator
 
 
-def _unknown(kind: str, value: str, valid: list[str]) -> str:
+def unknown_choice(kind: str, value: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(value, valid, n=3, cutoff=0.5)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return f"unknown {kind} {value!r}.{hint} Valid: {', '.join(valid) or '(none)'}"
@@ -86,7 +92,7 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(_unknown("model", str(name), list_models())) from None
+        raise ModelOptionError(unknown_choice("model", str(name), list_models())) from None
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -112,7 +118,7 @@ def _check_input_shape(shape: Any) -> tuple[int, int, int]:
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise ValueError(f"input_shape must be (height, width, channels) of positive ints, got {shape!r}")
+        raise ModelOptionError(f"input_shape must be (height, width, channels) of positive ints, got {shape!r}")
     return dims  # type: ignore[return-value]
 
 
@@ -132,9 +138,9 @@ def create_model(
     spec = get_spec(name)
     shape = spec.default_input_shape if input_shape is None else _check_input_shape(input_shape)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+        raise ModelOptionError(f"num_classes must be an int >= 2, got {num_classes!r}")
     for key in kwargs:
         if key not in spec.kwargs:
-            raise ValueError(_unknown(f"option for model {name!r}:", key, sorted(spec.kwargs)))
+            raise ModelOptionError(unknown_choice(f"option for model {name!r}:", key, sorted(spec.kwargs)))
     logger.debug("building %s input_shape=%s num_classes=%d %s", name, shape, num_classes, kwargs)
     return spec.builder(shape, num_classes, **kwargs)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from train._tf import keras
 
 from ._common import need_min_size, pixel_input, softmax_head
-from ._registry import register_model
+from ._registry import ModelOptionError, register_model
 
 layers = keras.layers
 
@@ -43,9 +43,9 @@ def alexnet(input_shape, num_classes, *, scale: str = "auto", dropout: float = 0
     ``scale`` is "auto", "full" or "small"; ``width`` multiplies every filter and unit count.
     """
     if scale not in ("auto", "full", "small"):
-        raise ValueError(f"scale must be 'auto', 'full' or 'small', got {scale!r}")
+        raise ModelOptionError(f"scale must be 'auto', 'full' or 'small', got {scale!r}")
     if width <= 0:
-        raise ValueError(f"width must be > 0, got {width!r}")
+        raise ModelOptionError(f"width must be > 0, got {width!r}")
     if scale == "auto":
         scale = "full" if min(input_shape[:2]) >= AUTO_FULL_MIN_SIZE else "small"
     need_min_size(f"alexnet (scale={scale!r})", input_shape, _FULL_MIN_SIZE if scale == "full" else _SMALL_MIN_SIZE)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from train._tf import keras
 
 from ._common import need_min_size, pixel_input, softmax_head
-from ._registry import register_model
+from ._registry import ModelOptionError, register_model
 
 layers = keras.layers
 
@@ -32,9 +32,9 @@ def lenet5(
     dense layer and its activation (it folds into the weights at export).
     """
     if pooling not in ("max", "avg"):
-        raise ValueError(f"pooling must be 'max' or 'avg', got {pooling!r}")
+        raise ModelOptionError(f"pooling must be 'max' or 'avg', got {pooling!r}")
     if width <= 0:
-        raise ValueError(f"width must be > 0, got {width!r}")
+        raise ModelOptionError(f"width must be > 0, got {width!r}")
     # conv1 keeps the size ('same'), pool halves it, conv2 (5x5 valid) needs >= 5 pixels left.
     need_min_size("lenet5", input_shape, 10)
     pool = layers.MaxPooling2D if pooling == "max" else layers.AveragePooling2D

@@ -12,7 +12,7 @@ from __future__ import annotations
 from train._tf import keras
 
 from ._common import need_min_size, pixel_input, softmax_head
-from ._registry import register_model
+from ._registry import ModelOptionError, register_model
 
 layers = keras.layers
 
@@ -68,11 +68,11 @@ def resnet_small(
     """
     widths, blocks, strides = tuple(widths), tuple(blocks), tuple(strides)
     if not widths or not len(widths) == len(blocks) == len(strides):
-        raise ValueError(
+        raise ModelOptionError(
             f"widths, blocks and strides need the same non-zero length, got {widths}, {blocks}, {strides}"
         )
     if min(blocks) < 1 or min(widths) < 1 or min(strides) < 1 or stem_width < 1 or stem_stride < 1:
-        raise ValueError("widths, blocks, strides, stem_width and stem_stride must all be >= 1")
+        raise ModelOptionError("widths, blocks, strides, stem_width and stem_stride must all be >= 1")
     reduction = stem_stride
     for s in strides:
         reduction *= s

@@ -25,7 +25,7 @@ import numpy as np
 
 from train._tf import keras
 
-from ._registry import _unknown, register_model
+from ._registry import ModelOptionError, register_model, unknown_choice
 
 logger = logging.getLogger(__name__)
 layers = keras.layers
@@ -60,7 +60,7 @@ def list_backbones() -> list[str]:
 
 def _application(name: str):
     if name not in list_backbones():
-        raise ValueError(_unknown("backbone", str(name), list_backbones()))
+        raise ModelOptionError(unknown_choice("backbone", str(name), list_backbones()))
     return getattr(keras.applications, name)
 
 
@@ -81,7 +81,7 @@ def _preprocessing(app) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     expected = np.zeros((3, 3))
     expected[np.arange(3), perm] = scale
     if sorted(perm) != [0, 1, 2] or not np.allclose(matrix, expected, atol=1e-6) or np.any(scale == 0):
-        raise ValueError(f"{app.__name__}: preprocess_input is not a per-channel affine map; cannot express it as Rescaling")
+        raise ModelOptionError(f"{app.__name__}: preprocess_input is not a per-channel affine map; cannot express it as Rescaling")
     return scale, offset, perm
 
 
@@ -119,7 +119,7 @@ def _permute_first_conv(backbone, perm) -> None:
             layer.set_weights(weights)
             logger.debug("permuted input channels of %s by %s", layer.name, inverse.tolist())
             return
-    raise ValueError(f"{backbone.name}: no 3-channel first convolution to reorder to RGB")
+    raise ModelOptionError(f"{backbone.name}: no 3-channel first convolution to reorder to RGB")
 
 
 def _resolve_saved_model(path) -> Path:
@@ -145,7 +145,7 @@ def _feature_tensor(model):
         return pools[-1].output
     dense = [lay for lay in model.layers if isinstance(lay, layers.Dense)]
     if not dense:
-        raise ValueError(f"{model.name}: no global pooling or Dense layer to cut the backbone at")
+        raise ModelOptionError(f"{model.name}: no global pooling or Dense layer to cut the backbone at")
     tensor = dense[-1].input
     while isinstance(tensor._keras_history.layer, layers.Dropout):
         tensor = tensor._keras_history.layer.input
@@ -189,10 +189,10 @@ def transfer(
     """
     height, width, channels = input_shape
     if channels not in (1, 3):
-        raise ValueError(f"transfer needs 1 (grey) or 3 (RGB) input channels, got {channels}")
+        raise ModelOptionError(f"transfer needs 1 (grey) or 3 (RGB) input channels, got {channels}")
     if backbone_model is not None:
         if backbone is not None or backbone_kwargs or weights not in (None, "imagenet"):
-            raise ValueError("backbone_model= replaces backbone=, weights= and backbone_kwargs=; pass only one source")
+            raise ModelOptionError("backbone_model= replaces backbone=, weights= and backbone_kwargs=; pass only one source")
         return _from_saved_model(input_shape, num_classes, backbone_model, backbone_input_size, dropout)
 
     name = backbone or DEFAULT_BACKBONE
@@ -203,7 +203,7 @@ def transfer(
         target = _resize_target(input_shape, size)
     else:
         if backbone_input_size < min_size:
-            raise ValueError(f"{name} needs backbone_input_size >= {min_size}, got {backbone_input_size}")
+            raise ModelOptionError(f"{name} needs backbone_input_size >= {min_size}, got {backbone_input_size}")
         target = None if (height, width) == (backbone_input_size,) * 2 else (backbone_input_size,) * 2
     scale, offset, perm = _preprocessing(app)
     base = _build_application(name, (*(target or (height, width)), 3), weights, dict(backbone_kwargs or {}))
@@ -248,9 +248,9 @@ def _from_saved_model(input_shape, num_classes, path, backbone_input_size, dropo
     bh, bw, bc = saved.input_shape[1:]
     channels = input_shape[2]
     if bc != channels and not (bc == 3 and channels == 1):
-        raise ValueError(f"{path.name} takes {bc}-channel input; cannot feed it {channels}-channel images")
+        raise ModelOptionError(f"{path.name} takes {bc}-channel input; cannot feed it {channels}-channel images")
     if backbone_input_size is not None and (backbone_input_size, backbone_input_size) != (bh, bw):
-        raise ValueError(f"{path.name} has a fixed {bh}x{bw} input; backbone_input_size={backbone_input_size} cannot apply")
+        raise ModelOptionError(f"{path.name} has a fixed {bh}x{bw} input; backbone_input_size={backbone_input_size} cannot apply")
 
     inputs = keras.Input(shape=tuple(input_shape), dtype="float32", name="pixels")
     # The saved model normalises its own raw-pixel input, so this Rescaling is the identity.
@@ -268,7 +268,7 @@ def get_backbone(model):
     try:
         return model.get_layer(BACKBONE_LAYER)
     except ValueError as e:
-        raise ValueError(f"{model.name} has no layer named {BACKBONE_LAYER!r}; is it a transfer model?") from e
+        raise ModelOptionError(f"{model.name} has no layer named {BACKBONE_LAYER!r}; is it a transfer model?") from e
 
 
 def set_transfer_stage(model, stage: str, fine_tune_layers: int | None = 20):
@@ -279,13 +279,13 @@ def set_transfer_stage(model, stage: str, fine_tune_layers: int | None = 20):
     the model afterwards. Returns the model.
     """
     if stage not in STAGES:
-        raise ValueError(_unknown("stage", str(stage), list(STAGES)))
+        raise ModelOptionError(unknown_choice("stage", str(stage), list(STAGES)))
     base = get_backbone(model)
     if stage == "head":
         base.trainable = False
     else:
         if fine_tune_layers is not None and fine_tune_layers < 0:
-            raise ValueError(f"fine_tune_layers must be >= 0 or None, got {fine_tune_layers}")
+            raise ModelOptionError(f"fine_tune_layers must be >= 0 or None, got {fine_tune_layers}")
         base.trainable = True
         body = [lay for lay in base.layers if not isinstance(lay, layers.InputLayer)]
         first = 0 if fine_tune_layers is None else max(0, len(body) - fine_tune_layers)
