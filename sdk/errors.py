@@ -36,6 +36,7 @@ class ExitCode(IntEnum):
     GATE = 13
     ARTEFACT = 14
     DEVICE_REFUSED = 15
+    INCOMPLETE = 16
 
 
 EXIT_CODES: dict[int, str] = {
@@ -55,6 +56,7 @@ EXIT_CODES: dict[int, str] = {
     ExitCode.GATE: "a quality gate failed: accuracy below the threshold asked for (the output is still written)",
     ExitCode.ARTEFACT: "an export target could not build an artefact it promises (ONNX, the Edge TPU compiler)",
     ExitCode.DEVICE_REFUSED: "a device refused the model update or did not confirm it in time",
+    ExitCode.INCOMPLETE: "a bounded run ended before its goal (collect: --timeout came before --max-messages)",
 }
 
 

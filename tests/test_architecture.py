@@ -138,3 +138,23 @@ def test_no_private_name_is_imported_across_modules(package):
             if private and mod != name:
                 bad.append(f"{path.relative_to(ROOT)}:{line} imports {', '.join(private)} from {mod}")
     assert not bad, "\n".join(bad)
+
+
+def test_the_exit_code_table_in_the_docs_is_the_one_in_the_code():
+    import re
+
+    from sdk.errors import EXIT_CODES, ExitCode
+
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    documented = {int(m.group(1)) for m in re.finditer(r"^\| (\d+) \| ", text, re.M)}
+    assert documented == {int(c) for c in ExitCode} == set(EXIT_CODES)
+
+
+@pytest.mark.parametrize("command", sorted(_commands() | {"train.data.__main__", "train.export.__main__"}))
+def test_every_command_lists_its_exit_codes_in_its_help(command):
+    import importlib
+
+    module = importlib.import_module(command)
+    parser = module.build_parser()
+    text = parser.format_help()
+    assert "exit codes:" in text and "  0  success" in text, f"{command} --help has no exit-code table"
