@@ -32,28 +32,26 @@ from contract import validate
 from mqtt_fixtures import Broker, Collector, mosquitto  # noqa: F401  (fixture)
 from sdk.bundle import MODEL_FILE, BundleError, load_manifest, verify_bundle
 from sdk.config import Config, config_from_dict
-from sdk.errors import ConfigError
+from sdk.errors import ConfigError, ExitCode
 from sdk.messages import load_schema
 from sdk.mqtt import MqttPublisher, Outbox, TlsSettings
 from sdk.topics import Topics, parse_model_chunk
 from sdk.update import (
     ModelStore,
     UpdateRefused,
-    generate_keypair,
     key_id,
-    load_private_key,
     load_public_key,
     make_rollback,
     make_update,
     pack_bundle,
     safe_extract,
-    sign,
     verify,
 )
 from sdk_bundle_fixture import load_mnist, sdk_bundle, small_cnn, write_int8_bundle  # noqa: F401  (fixture)
 from train.data.videos import write_digit_video
+from train.loop.keys import generate_keypair, load_private_key, sign, signer
 from train.loop.publish import DeviceOutcome, publish_bundle, rollback
-from train.loop.publish import main as publish_main
+from train.publish import main as publish_main
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = "dev1"
@@ -74,7 +72,7 @@ def fleet_key() -> tuple:
 
 
 def device_update(*args, **kw):
-    """``make_update`` addressed to the test device (``to`` may be given), unsigned unless ``sign_key``."""
+    """``make_update`` addressed to the test device (``to`` may be given), unsigned unless ``signer``."""
     return make_update(*args, **{"to": DEVICE, **kw})
 
 
@@ -328,7 +326,7 @@ def test_signed_updates_accepted_unsigned_and_badly_signed_refused(bundles, loop
         refused(publish_bundle(bundles["v2"], mosquitto.address, devices=[DEVICE], sign_key=rogue_key, wait_s=20),
                 "trusts key", trusted_id)
         # a valid signature, but the claimed version (or the archive) was swapped afterwards
-        upd = device_update(pack_bundle(bundles["v2"]), load_manifest(bundles["v2"]), sign_key=load_private_key(trusted))
+        upd = device_update(pack_bundle(bundles["v2"]), load_manifest(bundles["v2"]), signer=signer(load_private_key(trusted)))
         upd.begin["version"] = "9.9-evil"
         send(mosquitto.port, upd.messages(T.model_set))
         s = outcome_of(col, upd.update_id)
@@ -361,7 +359,7 @@ def test_signed_commands_are_bound_to_their_target(bundles, loop_video, mosquitt
 
     with Device(device_config(bundles["v1"], loop_video, mosquitto.address, tmp_path, public_key=str(pub)), col):
         # a begin signed for this device, re-published (with its chunks) on the fleet topic
-        upd = device_update(pack_bundle(bundles["v2"]), load_manifest(bundles["v2"]), sign_key=key,
+        upd = device_update(pack_bundle(bundles["v2"]), load_manifest(bundles["v2"]), signer=signer(key),
                             chunk_size=64 * 1024)
         send(mosquitto.port, upd.messages(T.fleet_model_set))
         lu = last_update(upd.update_id, "refused")
@@ -371,13 +369,13 @@ def test_signed_commands_are_bound_to_their_target(bundles, loop_video, mosquitt
         send(mosquitto.port, upd.messages(T.model_set))
         assert last_update(upd.update_id, "applied")["version"] == v2
         # a rollback signed for another device, re-published on this device's topic
-        rb = make_rollback(to="dev2", sign_key=key)
+        rb = make_rollback(to="dev2", signer=signer(key))
         send(mosquitto.port, [(T.model_set, json.dumps(rb).encode())])
         lu = last_update(rb["update_id"], "refused")
         assert "rollback addressed to 'dev2'" in lu["reason"], lu
         assert all(r["model"]["version"] == v2 for r in flowing(col))
         # a fleet rollback on the device topic is refused too; the right one works
-        rb = make_rollback(to="fleet", sign_key=key)
+        rb = make_rollback(to="fleet", signer=signer(key))
         send(mosquitto.port, [(T.model_set, json.dumps(rb).encode())])
         assert "addressed to 'fleet'" in last_update(rb["update_id"], "refused")["reason"]
         back = rollback(mosquitto.address, devices=[DEVICE], sign_key=key, wait_s=20)
@@ -394,7 +392,7 @@ def test_old_signed_commands_are_refused_as_replays(bundles, loop_video, mosquit
     _, pub, _ = generate_keypair(tmp_path / "keys" / "ops")
     key = load_private_key(tmp_path / "keys" / "ops.key")
     archive, m2 = pack_bundle(bundles["v2"]), load_manifest(bundles["v2"])
-    old = device_update(archive, m2, sign_key=key, chunk_size=64 * 1024)  # captured earlier, never applied
+    old = device_update(archive, m2, signer=signer(key), chunk_size=64 * 1024)  # captured earlier, never applied
     time.sleep(0.01)
     col = collector(mosquitto.port)
     config = device_config(bundles["v1"], loop_video, mosquitto.address, tmp_path, public_key=str(pub))
@@ -404,13 +402,13 @@ def test_old_signed_commands_are_refused_as_replays(bundles, loop_video, mosquit
         return outcome_of(col, uid)["last_update"]
 
     with Device(config, col):
-        new = device_update(archive, m2, sign_key=key, chunk_size=64 * 1024)
+        new = device_update(archive, m2, signer=signer(key), chunk_size=64 * 1024)
         assert outcome(new.messages(T.model_set), new.update_id)["outcome"] == "applied"
         lu = outcome(old.messages(T.model_set), old.update_id)
         assert lu["outcome"] == "refused" and "replayed or out-of-order begin" in lu["reason"], lu
         assert all(r["model"]["version"] == v2 for r in flowing(col))
     with Device(config, col):  # the mark survives a restart
-        rb = make_rollback(to=DEVICE, sign_key=key, created=old.begin["created"])
+        rb = make_rollback(to=DEVICE, signer=signer(key), created=old.begin["created"])
         lu = outcome([(T.model_set, json.dumps(rb).encode())], rb["update_id"])
         assert lu["outcome"] == "refused" and "replayed or out-of-order rollback" in lu["reason"], lu
         assert all(r["model"]["version"] == v2 for r in flowing(col))
@@ -422,11 +420,11 @@ def test_old_signed_commands_are_refused_as_replays(bundles, loop_video, mosquit
         for created, words in (((now - timedelta(hours=2)).isoformat(), "more than update.max_age_s (3600 s)"),
                                ((now + timedelta(hours=1)).isoformat(), "in the future of this device's clock"),
                                ("2026-01-01T00:00:00", "has no time zone")):
-            rb = make_rollback(to=DEVICE, sign_key=key, created=created)
+            rb = make_rollback(to=DEVICE, signer=signer(key), created=created)
             lu = outcome([(T.model_set, json.dumps(rb).encode())], rb["update_id"])
             assert lu["outcome"] == "refused" and words in lu["reason"], lu
         # an old command refused for its age did not move the mark: a current one still passes the checks
-        rb = make_rollback(to=DEVICE, sign_key=key)
+        rb = make_rollback(to=DEVICE, signer=signer(key))
         assert "no previous model" in outcome([(T.model_set, json.dumps(rb).encode())], rb["update_id"])["reason"]
     col.close()
 
@@ -566,11 +564,11 @@ def test_publish_cli_waits_for_the_outcome(bundles, loop_video, mosquitto, tmp_p
                            cwd=REPO, capture_output=True, text=True, timeout=90)
         assert r.returncode == 0, r.stdout + r.stderr
         assert r.stdout.startswith(f"{DEVICE}: applied (version {version(bundles['v2'])}")
-        # a refusal and a device that does not exist: exit 4, both named
+        # a refusal and a device that does not exist: exit 15 (DEVICE_REFUSED), both named
         code = publish_main(["--bundle", str(bundles["wide"]), "--device", DEVICE, "ghost", "--broker",
                              mosquitto.address, "--sign-key", f"{keys}.key", "--wait", "3"])
         out = capsys.readouterr().out
-        assert code == 4
+        assert code == ExitCode.DEVICE_REFUSED == 15
         assert f"{DEVICE}: refused: input shape" in out and "ghost: no answer" in out
         code = publish_main(["rollback", "--device", DEVICE, "--broker", mosquitto.address, "--sign-key",
                              f"{keys}.key", "--wait", "20", "--json"])
@@ -611,10 +609,32 @@ def test_publish_bad_input_exits_2_naming_the_path(bundles, tmp_path, capsys):
     code, err = run("--bundle", long_version, "--device", DEVICE, "--broker", "127.0.0.1:1")
     assert code == 2 and "version" in err and str(long_version) in err, err
     code, err = run("--bundle", bundles["v2"], "--device", DEVICE, "--broker", "127.0.0.1:1", "--connect-timeout", "1")
-    assert code == 3 and "127.0.0.1:1" in err
+    assert code == ExitCode.BROKER_UNREACHABLE == 12 and "127.0.0.1:1" in err
 
 
 # -- units --------------------------------------------------------------------------------------
+def test_the_device_package_holds_no_private_key_code():
+    """Keys are made and commands signed on the host (train.loop.keys); a device only verifies."""
+    import sdk.update as su
+
+    assert not {"generate_keypair", "load_private_key", "sign"} & set(dir(su))
+    for path in (REPO / "sdk").rglob("*.py"):
+        text = path.read_text()
+        assert "PrivateKey" not in text and "private_bytes" not in text, path
+
+
+def test_publish_help_lists_its_exit_codes(capsys):
+    from sdk.errors import EXIT_CODES
+    from train.publish import KEYGEN_EXIT_CODES, PUBLISH_EXIT_CODES
+
+    for argv, codes in ((["--help"], PUBLISH_EXIT_CODES), (["rollback", "--help"], PUBLISH_EXIT_CODES),
+                        (["keygen", "--help"], KEYGEN_EXIT_CODES)):
+        assert publish_main(argv) == 0
+        out = capsys.readouterr().out
+        assert all(f"{int(c):>3}  {EXIT_CODES[c]}" in out for c in codes), out
+    assert {ExitCode.BROKER_UNREACHABLE, ExitCode.DEVICE_REFUSED} <= set(PUBLISH_EXIT_CODES)
+
+
 def test_pack_bundle_is_deterministic(bundles, tmp_path):
     a = pack_bundle(bundles["v2"])
     copy = tmp_path / "copy"
@@ -641,7 +661,7 @@ def test_signature_covers_the_claims_and_key_formats(bundles, tmp_path):
     assert kid == key_id(pub) == hashlib.sha256(raw).hexdigest()[:16]
     (tmp_path / "raw.pub").write_text(base64.b64encode(raw).decode() + "\n")
     assert key_id(load_public_key(tmp_path / "raw.pub")) == kid
-    upd = device_update(pack_bundle(bundles["v2"]), load_manifest(bundles["v2"]), sign_key=key)
+    upd = device_update(pack_bundle(bundles["v2"]), load_manifest(bundles["v2"]), signer=signer(key))
     verify(upd.begin, pub)
     for path, value in ((("to",), "dev2"), (("version",), "x"), (("name",), "x"), (("target",), "coral"), (("update_id",), "ab" * 8),
                         (("archive", "sha256"), "0" * 64), (("archive", "size"), 1), (("manifest_sha256",), "1" * 64)):
@@ -649,13 +669,13 @@ def test_signature_covers_the_claims_and_key_formats(bundles, tmp_path):
         (msg[path[0]] if len(path) == 2 else msg)[path[-1]] = value
         with pytest.raises(UpdateRefused, match="bad signature"):
             verify(msg, pub)
-    rb = make_rollback(to=DEVICE, sign_key=key)
+    rb = make_rollback(to=DEVICE, signer=signer(key))
     verify(rb, pub)
     with pytest.raises(UpdateRefused, match="bad signature"):
         verify({**rb, "to": "fleet"}, pub)
     with pytest.raises(UpdateRefused, match="unsigned"):
         verify(make_rollback(to=DEVICE), pub)
-    other = upd.addressed_to("fleet", key)  # another target: same id, shared chunks, its own signature
+    other = upd.addressed_to("fleet", signer(key))  # another target: same id, shared chunks, its own signature
     assert other.begin["to"] == "fleet" and other.chunks is upd.chunks and other.update_id == upd.update_id
     verify(other.begin, pub)
     assert {k: v for k, v in other.begin.items() if k not in ("to", "signature")} == \
