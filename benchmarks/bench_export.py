@@ -158,11 +158,11 @@ def _resized_subset(ds, n: int, size: int, colour: str, seed: int):
 
 def bench_model(name: str, size: int, colour: str, n_train: int, n_test: int, epochs: int, sparsity: float,
                 batch_size: int, prune_epochs: int = 2, seed: int = 42, **model_kw) -> dict:
+    from train import export as opt
     from train import models
     from train._tf import keras
     from train.data import load_dataset
     from train.data.pipeline import make_tf_dataset
-    from train.export import compress as opt
     from train.export import predict_keras
 
     keras.utils.set_random_seed(seed)

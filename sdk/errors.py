@@ -40,7 +40,7 @@ class ExitCode(IntEnum):
 
 
 EXIT_CODES: dict[int, str] = {
-    ExitCode.OK: "success (also after SIGTERM/SIGINT: queue flushed, status offline published)",
+    ExitCode.OK: "success (edge-classify: also after SIGTERM/SIGINT, queue flushed and status offline published)",
     ExitCode.INTERNAL: "unexpected error (a bug: please report it with the traceback)",
     ExitCode.USAGE: "bad command line: unknown flag, missing argument, a flag value out of range",
     ExitCode.CONFIG: "configuration error: malformed YAML/JSON config, unknown key, invalid value",

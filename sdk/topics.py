@@ -96,6 +96,12 @@ def all_devices(kind: str, prefix: str = DEFAULT_PREFIX) -> str:
     return f"{check_prefix(prefix)}/{CONTRACT_VERSION}/+/{kind}"
 
 
+def shared(group: str, topic_filter: str) -> str:
+    """``$share/{group}/{filter}``: an MQTT 5 shared subscription, so several subscribers in ``group``
+    split the messages matching ``topic_filter`` between them (each message reaches one)."""
+    return f"$share/{check_segment(group, 'shared-subscription group')}/{topic_filter}"
+
+
 def device_of(topic: str, kind: str, prefix: str = DEFAULT_PREFIX) -> str | None:
     """The device id in ``{prefix}/v1/{device}/{kind}``, or None when ``topic`` is not of that form
     or its device segment is not a valid device id."""

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mqtt_fixtures import Broker, mosquitto  # noqa: F401  (fixture)
+from mqtt_fixtures import Broker, free_port, mosquitto  # noqa: F401  (fixture)
 from sdk import messages
 from sdk.mqtt import MqttPublisher
 from sdk.topics import Topics
@@ -238,17 +238,30 @@ def test_collector_killed_mid_commit_loses_nothing(digits, mosquitto, tmp_path):
     assert "8 received, 8 stored, 0 duplicates" in (tmp_path / "collector.log").read_text()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--broker", "mqtt.local:port"], "invalid broker port"),
-    (["--broker", "127.0.0.1:1883", "--tls-ca", "/nonexistent/ca.pem"], "TLS ca_certs file not found: /nonexistent"),
-    (["--broker", "127.0.0.1:1883", "--out", "/proc/feedback"], "--out /proc/feedback: cannot use it"),
+@pytest.mark.parametrize("args, code, message", [
+    (["--broker", "mqtt.local:port"], 9, "invalid broker port"),
+    (["--broker", "127.0.0.1:1883", "--tls-ca", "/nonexistent/ca.pem"], 9, "TLS ca_certs file not found: /nonexistent"),
+    (["--broker", "127.0.0.1:1883", "--group", "a/b"], 2, "invalid shared-subscription group 'a/b'"),
+    (["--broker", "127.0.0.1:1883", "--out", "/proc/feedback"], 2, "--out /proc/feedback: cannot use it"),
 ])
-def test_collect_cli_bad_flags_exit_2(args, message, tmp_path, capsys):
+def test_collect_cli_bad_flags(args, code, message, tmp_path, capsys):
+    """Unusable MQTT settings exit 9 (as in edge-classify), other bad flags 2 (argparse)."""
     argv = ["--out", str(tmp_path / "fb")] + args
-    with pytest.raises(SystemExit) as e:
-        collect.main(argv)
-    assert e.value.code == 2
+    try:
+        got = collect.main(argv)
+    except SystemExit as e:
+        got = e.code
+    assert got == code
     assert message in capsys.readouterr().err
+
+
+def test_collect_timeout_exit_codes(mosquitto, tmp_path, capsys):
+    """At --timeout: 12 when the broker was never reached, 5 when fewer than --max-messages came."""
+    code = collect.main(["--broker", f"127.0.0.1:{free_port()}", "--out", str(tmp_path / "a"), "--timeout", "1", "-q"])
+    assert code == 12 and "not reached in 1 s" in capsys.readouterr().err
+    code = collect.main(["--broker", mosquitto.address, "--out", str(tmp_path / "b"), "--timeout", "1.5",
+                         "--max-messages", "3", "-q"])
+    assert code == 16 and "with 0 of 3 messages" in capsys.readouterr().err
 
 
 # -- the store: disk bound, labels, CSV, export -----------------------------------------------
@@ -335,7 +348,7 @@ def test_csv_import_reports_bad_rows_and_applies_the_rest(digits, tmp_path):
     by_id = tmp_path / "labels.csv"
     by_id.write_text("id,label\n1,3\n2,ten\n77,4\n3,5\n")
     out = io.StringIO()
-    assert label.main([str(tmp_path / "fb"), "--import", str(by_id)], out=out) == 1
+    assert label.main([str(tmp_path / "fb"), "--import", str(by_id)], out=out) == 5  # input partly unusable
     text = out.getvalue()
     assert "2 labels applied, 2 rows left out" in text
     assert "labels.csv row 3: label 'ten' is not one of 0, 1, 2" in text

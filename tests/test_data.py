@@ -23,7 +23,6 @@ from train.data import (
     format_summary,
     kfold_indices,
     load_dataset,
-    main,
     read_idx,
     stratified_sample,
     stratified_split,
@@ -31,6 +30,9 @@ from train.data import (
     write_kaggle_csv,
     write_kaggle_submission,
 )
+from train.data.__main__ import EXIT_CODES, build_parser, main
+from train.data.load import ACCEPTED_KINDS, FORMATS
+from train.errors import ExitCode, InputError
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_NPZ = REPO / "examples" / "mnist_sample.npz"
@@ -501,6 +503,26 @@ def test_unknown_specs_list_accepted_kinds(tmp_path):
         load_dataset(SAMPLE_NPZ, colour="cmyk")
 
 
+
+def test_format_table_is_the_accepted_list_and_keeps_precedence(tmp_path, mnist_dir, mnist_test):
+    assert ACCEPTED_KINDS == tuple(f.accepts for f in FORMATS.values())
+    msg = _error("imagenet-tiny")
+    assert all(f"({i}) {kind}" in msg for i, kind in enumerate(ACCEPTED_KINDS, 1))
+    both = tmp_path / "both"  # IDX files beside a train.csv: the folder is an IDX folder
+    both.mkdir()
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(mnist_dir / name, both)
+    write_kaggle_csv(mnist_test.subset(np.arange(5)), both / "train.csv")
+    assert len(load_dataset(both, split="test")) == 10000
+    tree = tmp_path / "semeion-idx3-ubyte.zip"  # a .zip is a zip, whatever else its name says
+    with zipfile.ZipFile(tree, "w") as zf:
+        for i in range(4):
+            zf.writestr(f"{mnist_test.y[i]}/{i}.png", cv2.imencode(".png", mnist_test.x[i])[1].tobytes())
+    ds = load_dataset(tree)
+    assert len(ds) == 4 and ds.image_shape == (28, 28, 1)
+    np.testing.assert_array_equal(ds.x[ds.ids.tolist().index(f"{mnist_test.y[0]}/0.png")], mnist_test.x[0])
+
+
 # ------------------------------------------------------------------ Dataset, summary, splits, writers
 def test_dataset_validation_and_subset(mnist_test):
     sub = mnist_test.subset(np.arange(10))
@@ -599,9 +621,24 @@ def test_cli_summary_and_kaggle_csv(tmp_path, mnist_dir, mnist_test, capsys):
     ds = load_dataset(out_csv)
     assert ds.y is None and ds.ids.tolist() == list(range(1, 51))
     np.testing.assert_array_equal(ds.x, mnist_test.x[:50])
-    assert main(["summary", str(tmp_path / "missing.csv")]) == 2
-    assert "missing.csv" in capsys.readouterr().err
+    assert main(["summary", str(tmp_path / "missing.csv")]) == ExitCode.INPUT  # 5: the dataset is at fault
+    assert "error: " in (err := capsys.readouterr().err) and "missing.csv" in err
 
+
+
+def test_cli_bad_flags_exit_2_and_help_lists_the_codes(tmp_path, mnist_dir, capsys):
+    assert issubclass(DataError, InputError) and issubclass(DataError, ValueError)
+    assert DataError("x").exit_code == ExitCode.INPUT == 5
+    for flags in (["--split", "holdout"], ["--image-size", "0"], ["--colour", "cmyk"]):
+        with pytest.raises(SystemExit) as info:
+            main(["summary", str(mnist_dir), *flags])
+        assert info.value.code == ExitCode.USAGE, flags
+    assert "unknown split 'holdout'" in capsys.readouterr().err
+    assert main(["kaggle-csv", "--from", str(mnist_dir), "--split", "test", "--rows", "0",
+                 "--out", str(tmp_path / "x.csv")]) == ExitCode.USAGE
+    assert "--rows must be in 1..10000" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()
+    text = build_parser().format_help()
+    assert "exit codes:" in text and all(f"  {int(c)}  " in text for c in EXIT_CODES)
 
 def test_module_entry_point(shared_data):
     out = subprocess.run([sys.executable, "-m", "train.data", "summary",

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from train import explain
+from train.analysis import explain
+from train.explain import main as explain_main
 from train.runs import load_run
 
 N = 200
@@ -95,7 +96,7 @@ def test_report_gets_gradcam_gallery_and_explanations_section(small_run, tmp_pat
     report = (run / "report.html").read_text()
     assert report.count("<h3>Grad-CAM of the misclassified") == 2  # validation and test
 
-    assert explain.main(["--run", str(run), "--samples", "6", "--misclassified", "--smoothgrad", "4"]) == 0
+    assert explain_main(["--run", str(run), "--samples", "6", "--misclassified", "--smoothgrad", "4"]) == 0
     report = (run / "report.html").read_text()
     assert "<!-- analysis:explanations -->" in report and "<h2>Explanations</h2>" in report
     data = json.loads((run / "analysis" / "explanations.json").read_text())["data"]
@@ -111,7 +112,60 @@ def test_report_gets_gradcam_gallery_and_explanations_section(small_run, tmp_pat
     assert "<!-- analysis:explanations -->" in (run / "report.html").read_text()
 
     capsys.readouterr()
-    assert explain.main(["--run", str(run), "--layer", "conv9"]) == 2
+    assert explain_main(["--run", str(run), "--layer", "conv9"]) == 2
     assert "conv1, conv2" in capsys.readouterr().err
-    assert explain.main(["--run", str(tmp_path / "missing")]) == 3
+    assert explain_main(["--run", str(tmp_path / "missing")]) == 6
     assert "run directory not found" in capsys.readouterr().err
+
+
+def test_report_is_rendered_again_from_the_stored_analyses(tmp_path):
+    """Each analysis is JSON (and PNG files) in the run; the page is rendered from all of them every time."""
+    from train.report import Table, add_analysis, png, pyplot, render_run_report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": "lenet5", "data": "some/mnist"}))
+    (run / "run.json").write_text(json.dumps({"params": 61706}))
+    render_run_report(run)
+    assert "<h1>lenet5 on mnist: run</h1>" in (run / "report.html").read_text()
+
+    def crossval(mean: float):
+        return add_analysis(run, "crossval", "2-fold cross-validation", {"model": "<b>lenet5</b>", "data": "d", "n": 10},
+                            tables={"summary": Table([{"metric": "accuracy", "mean": mean, "std": 0.01}],
+                                                     ["metric", "mean", "std"], {"mean": ".4f"}),
+                                    "per_fold": Table([{"fold": 1}], ["fold"])})
+
+    crossval(0.91234)
+    fig = pyplot().figure(figsize=(1, 1))
+    add_analysis(run, "zzz", "Other", {"a": 1}, tables={"t": Table([{"k": "<v>"}], ["k"])},
+                 images={"picture": png(fig), "nothing": None})
+    assert sorted(p.name for p in (run / "analysis" / "zzz").iterdir()) == ["00-picture.png"]
+    crossval(0.5)  # replaces the first one
+    html = (run / "report.html").read_text()
+    assert html.count("<!-- analysis:crossval -->") == 1 and "<td>0.5000</td>" in html and "0.9123" not in html
+    assert "&lt;b&gt;lenet5&lt;/b&gt; on d, n=10" in html  # data is escaped
+    assert html.index("<!-- analysis:crossval -->") < html.index("<!-- analysis:zzz -->")
+    assert "<td>&lt;v&gt;</td>" in html and html.count('alt="picture" src="data:image/png;base64,') == 1  # default template
+    stored = json.loads((run / "analysis" / "crossval.json").read_text())
+    assert stored["data"]["n"] == 10 and stored["tables"]["summary"]["rows"][0]["mean"] == 0.5
+    render_run_report(run)
+    assert (run / "report.html").read_text() == html
+
+
+def test_commands_map_our_errors_to_exit_codes_and_let_library_errors_through(capsys):
+    from train.data import DataError
+    from train.errors import UsageError
+    from train.report import run_report_command
+    from train.runs import RunError
+
+    def raising(e):
+        def body():
+            raise e
+        return body
+
+    assert run_report_command(raising(UsageError("--samples must be >= 1"))) == 2
+    assert run_report_command(raising(DataError("x.csv: line 3: bad pixel"))) == 5
+    assert run_report_command(raising(RunError("runs/x: run directory not found"))) == 6
+    assert "error: runs/x: run directory not found" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="inside numpy"):  # a bug, not bad input: traceback, exit 1
+        run_report_command(raising(ValueError("inside numpy")))

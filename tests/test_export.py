@@ -1,7 +1,7 @@
 """Export: every target from a small LeNet-5 trained on real MNIST, checked with real LiteRT.
 
 One run is trained per session (3,000 MNIST images, ~10 s); each target is exported once from it
-and the bundles are shared by the tests. Error cases go through ``train.export.main`` in-process
+and the bundles are shared by the tests. Error cases go through the command's ``main`` in-process
 (exit codes) and once through a subprocess (no traceback for a user error).
 """
 from __future__ import annotations
@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdk import _interp
 from sdk.bundle import LABELS_FILE, MODEL_FILE, verify_bundle
+from sdk.errors import ExitCode
+from sdk.runtime import backend_name
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "sdk" / "schemas" / "manifest.schema.json"
@@ -50,7 +51,7 @@ def exported(small_run, tmp_path_factory):
 
 
 def _litert_accuracy(model_path: Path, x: np.ndarray, y: np.ndarray) -> float:
-    """Accuracy of a .tflite on uint8 images, with LiteRT directly (independent of train.optimize)."""
+    """Accuracy of a .tflite on uint8 images, with LiteRT directly (independent of train.export.measure)."""
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_path=str(model_path), num_threads=2)
@@ -95,6 +96,11 @@ def test_target_registry():
     assert "Did you mean 'coral'?" in msg and all(t in msg for t in ("rpi", "jetson", "cpu"))
     with pytest.raises(ValueError, match="already registered"):
         register_target(lambda: TargetSpec(name="cpu", description="dup", artefacts=coral.artefacts))
+    # what a target adds beyond its .tflite files, it declares itself: the export knows no target by name
+    assert [b.name for b in coral.builders] == ["edgetpu"] and coral.delegate_file == "edgetpu"
+    assert [b.name for b in get_target("jetson").builders] == ["gpu_compatibility", "onnx"]
+    assert get_target("cpu").builders == () == get_target("rpi").builders
+    assert "model.onnx" in get_target("jetson").emits()
 
 
 # --------------------------------------------------------------------------- every target
@@ -133,7 +139,7 @@ def test_export_target(target, exported, small_run, mnist_test):
     assert acc == pytest.approx(manifest.accuracy_exported.test, abs=1e-9)
 
     # what the converter produced is what the manifest says
-    from train.export.compress import io_details
+    from train.export.measure import io_details
 
     io = io_details((bundle / MODEL_FILE).read_bytes())
     assert manifest.input.shape == io["input"]["shape"] == [1, 28, 28, 1]
@@ -152,7 +158,7 @@ def test_export_target(target, exported, small_run, mnist_test):
         assert art["size_bytes"] > 0 and 0 < art["gzip_bytes"]
         assert 0 < art["latency"]["p50_ms"] <= art["latency"]["p95_ms"]
         # the package that ran, not a fixed name
-        assert art["latency"]["runtime"] == ("onnxruntime" if art["role"] == "onnx" else _interp.backend()[0])
+        assert art["latency"]["runtime"] == ("onnxruntime" if art["role"] == "onnx" else backend_name())
         assert set(art["per_class_delta_pts"]) == {"validation", "test"}
         assert set(art["per_class_delta_pts"]["test"]) == set(labels)
     assert (bundle / "export_report.md").read_text().startswith("# Export report")
@@ -209,7 +215,7 @@ def test_export_target(target, exported, small_run, mnist_test):
 
 def test_qat_and_clustering(small_run):
     """QAT and clustering on a tiny budget: the mechanics (clusters, zeros kept, INT8 model runs)."""
-    from train.export import compress as opt
+    from train import export as opt  # the package's public API
     from train.runs import load_run
 
     run = load_run(small_run)
@@ -252,7 +258,8 @@ def test_batchnorm_recalibration_follows_the_weights():
 
 def test_calibration_set_is_stratified_and_refuses_empty(mnist_dir):
     from train.data import load_dataset
-    from train.export.compress import CalibrationError, calibration_set
+    from train.export import CalibrationError
+    from train.export.conversion import calibration_set
 
     ds = load_dataset(str(mnist_dir), split="test")
     x = calibration_set(ds, 500, seed=1)
@@ -268,7 +275,7 @@ def test_calibration_set_is_stratified_and_refuses_empty(mnist_dir):
 
 def test_preflight_flags_what_the_edge_tpu_cannot_run():
     from train._tf import keras, tf
-    from train.export.compress import convert
+    from train.export.conversion import convert
     from train.export.preflight import preflight
 
     inputs = keras.Input((16, 16, 1))
@@ -311,7 +318,7 @@ def test_preflight_flags_what_the_edge_tpu_cannot_run():
 
 
 def _main(args, capsys):
-    from train.export import main
+    from train.export.__main__ import main
 
     code = main(args)
     return code, capsys.readouterr().err
@@ -331,55 +338,58 @@ def test_unknown_target_lists_valid_ones_without_traceback(small_run):
 
 
 def test_bad_arguments(small_run, capsys):
-    from train.export import EXIT_USAGE
-
     code, err = _main(["--target", "cpu", "--run", str(small_run), "--qat"], capsys)
-    assert code == EXIT_USAGE and "does not accept --qat" in err
+    assert code == ExitCode.USAGE and "does not accept --qat" in err
     code, err = _main(["--target", "coral", "--run", str(small_run), "--sparsity", "1.5"], capsys)
-    assert code == EXIT_USAGE and "--sparsity" in err
+    assert code == ExitCode.USAGE and "--sparsity" in err
     code, err = _main(["--target", "coral", "--run", str(small_run), "--io-dtype", "float32"], capsys)
-    assert code == EXIT_USAGE and "uint8 or int8" in err
+    assert code == ExitCode.USAGE and "uint8 or int8" in err
     code, err = _main(["--run", str(small_run)], capsys)
-    assert code == EXIT_USAGE and "--target is required" in err
+    assert code == ExitCode.USAGE and "--target is required" in err
 
 
 def test_missing_run(tmp_path, capsys):
-    from train.export import EXIT_RUN
-
     code, err = _main(["--target", "coral", "--run", str(tmp_path / "nope")], capsys)
-    assert code == EXIT_RUN and "not found" in err
+    assert code == ExitCode.BUNDLE and "not found" in err
     code, err = _main(["--target", "coral", "--runs-dir", str(tmp_path)], capsys)
-    assert code == EXIT_RUN and "no training run found" in err
+    assert code == ExitCode.BUNDLE and "no training run found" in err
     (tmp_path / "half").mkdir()
     code, err = _main(["--target", "coral", "--run", str(tmp_path / "half")], capsys)
-    assert code == EXIT_RUN and "missing" in err
+    assert code == ExitCode.BUNDLE and "missing" in err
 
 
 def test_unreadable_model(small_run, tmp_path, capsys):
-    from train.export import EXIT_MODEL
-
     broken = tmp_path / "broken"
     shutil.copytree(small_run, broken, ignore=shutil.ignore_patterns("bundles"))
     (broken / "model.keras").write_bytes(b"this is not a keras file")
     code, err = _main(["--target", "coral", "--run", str(broken)], capsys)
-    assert code == EXIT_MODEL and "cannot read the model" in err
+    assert code == ExitCode.MODEL and "cannot read the model" in err
 
 
 def test_empty_calibration_set(small_run, tmp_path, capsys):
-    from train.export import EXIT_DATA
-
     code, err = _main(["--target", "coral", "--run", str(small_run), "--out", str(tmp_path), "--calibration-samples", "0"], capsys)
-    assert code == EXIT_DATA and "calibration set is empty" in err
+    assert code == ExitCode.INPUT and "calibration set is empty" in err
 
 
 def test_accuracy_gate_fails_with_figures(small_run, tmp_path, capsys):
     """One calibration image gives INT8 activation ranges that clip: the gate must catch it."""
-    from train.export import EXIT_GATE
-
     out = tmp_path / "gate"
     code, err = _main(["--target", "rpi", "--run", str(small_run), "--out", str(out), "--calibration-samples", "1"], capsys)
-    assert code == EXIT_GATE
+    assert code == ExitCode.GATE
     assert "accuracy gate failed" in err and "vs float" in err and "pts" in err
     report = json.loads((out / "export_report.json").read_text())
     assert report["gate"]["passed"] is False and report["gate"]["failures"]
     assert "FAILED" in (out / "export_report.md").read_text()
+
+
+def test_a_library_value_error_is_a_bug_not_bad_input(small_run, tmp_path, monkeypatch):
+    """A ValueError from code that is not ours propagates (exit 1 with its traceback), never exit 5."""
+    from train.export import bundle
+    from train.export.__main__ import main
+
+    def broken(*args, **kwargs):
+        raise ValueError("something inside a library went wrong")
+
+    monkeypatch.setattr(bundle, "calibration_set", broken)
+    with pytest.raises(ValueError, match="inside a library"):
+        main(["--target", "rpi", "--run", str(small_run), "--out", str(tmp_path / "rpi")])

@@ -1,7 +1,7 @@
-"""Export fails (exit 7, no manifest) when the target cannot produce an artefact it promises.
+"""Export fails (exit 14, ExitCode.ARTEFACT; no manifest) when the target cannot produce an artefact it promises.
 
 Jetson promises an ONNX model checked against Keras; Coral, when ``edgetpu_compiler`` is on PATH,
-promises the compiled ``model_edgetpu.tflite``. Each case runs the real export (``train.export.main``)
+promises the compiled ``model_edgetpu.tflite``. Each case runs the real export (``python -m train.export``)
 on the session's real LeNet-5 run; the failures are real too (a real tf2onnx write error, real
 subprocesses), except that the Edge TPU compiler is a stand-in shell script put first on PATH: the
 real one is a Debian package for x86-64 Linux from Google's apt repository, which cannot be
@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from sdk.bundle import MANIFEST_FILE, BundleError, verify_bundle
+from sdk.errors import ExitCode
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 
 def _main(args, capsys):
-    from train.export import main
+    from train.export.__main__ import main
 
     code = main(args)
     return code, capsys.readouterr().err
@@ -51,15 +52,23 @@ def _assert_no_bundle(out: Path):
         verify_bundle(out)
 
 
-def test_exit_code_is_distinct_and_documented():
-    from train import export
+def test_exit_codes_are_the_projects_and_documented():
+    """Each export error carries its code from the one table; --help lists the codes export uses."""
+    from sdk.errors import exit_codes_help
+    from train import errors, export
+    from train.export.__main__ import EXIT_CODES, build_parser
 
-    codes = [export.EXIT_OK, export.EXIT_INTERNAL, export.EXIT_USAGE, export.EXIT_RUN, export.EXIT_MODEL,
-             export.EXIT_DATA, export.EXIT_GATE, export.EXIT_ARTEFACT]
-    assert len(set(codes)) == len(codes)
-    assert export.TargetArtefactError.exit_code == export.EXIT_ARTEFACT == 7
-    assert issubclass(export.TargetArtefactError, export.ExportError)
-    assert "7  the target could not produce an artefact" in export.build_parser().format_help()
+    assert export.TargetArtefactError.exit_code == ExitCode.ARTEFACT == 14
+    assert issubclass(export.TargetArtefactError, errors.ArtefactError)
+    assert export.CalibrationError.exit_code == export.DataProblem.exit_code == ExitCode.INPUT
+    assert issubclass(export.CalibrationError, errors.InputError)
+    assert export.ModelLoadError.exit_code == ExitCode.MODEL
+    assert export.OptionError.exit_code == export.UnknownTargetError.exit_code == ExitCode.USAGE
+    for cls in (export.TargetArtefactError, export.CalibrationError, export.ModelLoadError, export.UnknownTargetError):
+        assert issubclass(cls, export.ExportError)
+    help_text = build_parser().format_help()
+    assert exit_codes_help(EXIT_CODES) in help_text
+    assert " 14  an export target could not build an artefact" in help_text and " 13  a quality gate failed" in help_text
 
 
 # --------------------------------------------------------------------------- jetson
@@ -67,13 +76,11 @@ def test_exit_code_is_distinct_and_documented():
 
 def test_jetson_onnx_failure_fails_the_export(small_run, tmp_path, capsys):
     """A real tf2onnx failure, no mock: a directory sits where it must write model.onnx."""
-    from train.export import EXIT_ARTEFACT
-
     out = tmp_path / "jetson"
     (out / "model.onnx").mkdir(parents=True)
     (out / MANIFEST_FILE).write_text("{}")  # left by an earlier export: must not survive a failed one
     code, err = _main(["--target", "jetson", "--run", str(small_run), "--out", str(out)], capsys)
-    assert code == EXIT_ARTEFACT, err
+    assert code == ExitCode.ARTEFACT, err
     assert "target 'jetson': could not produce model.onnx" in err
     assert "tf2onnx" in err and "IsADirectoryError" in err
     assert "what to do:" in err and f"no bundle written: {out}" in err
@@ -103,9 +110,7 @@ def test_onnx_numeric_mismatch_is_an_error(small_run, tmp_path):
 
 
 def test_coral_compiler_error_fails_the_export(small_run, tmp_path, monkeypatch):
-    """Through `python -m train.export` (a subprocess): exit 7 and a message, no traceback."""
-    from train.export import EXIT_ARTEFACT
-
+    """Through `python -m train.export` (a subprocess): exit 14 and a message, no traceback."""
     _stand_in_compiler(tmp_path, monkeypatch, (
         'echo "Edge TPU Compiler version 16.0.384591198"\n'
         'echo "ERROR: Didn\'t find op for builtin opcode \'CONV_2D\' version \'9\'" >&2\n'
@@ -116,7 +121,7 @@ def test_coral_compiler_error_fails_the_export(small_run, tmp_path, monkeypatch)
     proc = subprocess.run([sys.executable, "-m", "train.export", "--target", "coral", "--run", str(small_run), "--out", str(out)],
                           capture_output=True, text=True, cwd=REPO, timeout=600)  # PATH: the stand-in first
     code, err = proc.returncode, proc.stderr
-    assert code == EXIT_ARTEFACT, err
+    assert code == ExitCode.ARTEFACT, err
     assert "Traceback" not in err
     assert "error: target 'coral': could not produce model_edgetpu.tflite" in err
     assert "edgetpu_compiler exited with code 1" in err
@@ -149,8 +154,6 @@ def test_coral_compiler_without_a_model_is_an_error(tmp_path, monkeypatch):
 
 def test_coral_compiler_that_succeeds_is_in_the_bundle(small_run, tmp_path, monkeypatch, capsys):
     """A stand-in that behaves like the real compiler: `-s -o DIR MODEL` writes DIR/<stem>_edgetpu.tflite."""
-    from train.export import EXIT_OK
-
     args_file = tmp_path / "compiler_args"
     _stand_in_compiler(tmp_path, monkeypatch, (
         f'echo "$@" > "{args_file}"\n'
@@ -161,7 +164,7 @@ def test_coral_compiler_that_succeeds_is_in_the_bundle(small_run, tmp_path, monk
     ))
     out = tmp_path / "coral"
     code, err = _main(["--target", "coral", "--run", str(small_run), "--out", str(out)], capsys)
-    assert code == EXIT_OK, err
+    assert code == ExitCode.OK, err
     assert args_file.read_text().split() == ["-s", "-o", str(out), str(out / "model.tflite")]
     manifest = verify_bundle(out)
     assert manifest.delegate == "edgetpu"

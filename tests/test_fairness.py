@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
-from train import fairness
+from train.analysis import fairness
 from train.data import DataError, Dataset, load_dataset, stratified_sample, write_kaggle_csv
+from train.fairness import main as fairness_main
 from train.runs import load_run
 
 N_MNIST, N_SEMEION = 300, 250
@@ -113,21 +114,21 @@ def test_bad_input_gives_clear_errors_and_exit_codes(run, pooled, tmp_path, caps
         fairness.evaluate_fairness(run, str(pooled["plain_csv"]), str(short))
 
     def cli(data, groups):
-        code = fairness.main(["--run", str(run), "--data", str(pooled[data]), "--groups", str(groups)])
+        code = fairness_main(["--run", str(run), "--data", str(pooled[data]), "--groups", str(groups)])
         return code, capsys.readouterr()
 
     code, out = cli("csv", "writer")
-    assert code == 2 and "no column 'writer'" in out.err and "'source'" in out.err
+    assert code == 5 and "no column 'writer'" in out.err and "'source'" in out.err
     code, out = cli("plain_csv", short)
-    assert code == 2 and f"{n - 5} group entries" in out.err and f"{n} samples" in out.err
+    assert code == 5 and f"{n - 5} group entries" in out.err and f"{n} samples" in out.err
     code, out = cli("plain_csv", tmp_path / "absent.csv")
-    assert code == 2 and "group file not found" in out.err
+    assert code == 5 and "group file not found" in out.err
     bad = tmp_path / "bad.csv"
     bad.write_text("sample,team\n" + "0,a\n" * n)
     code, out = cli("plain_csv", bad)
-    assert code == 2 and "no 'group' column" in out.err and "'team'" in out.err
-    code = fairness.main(["--run", str(tmp_path / "nope"), "--data", str(pooled["csv"]), "--groups", "source"])
-    assert code == 3 and "run directory not found" in capsys.readouterr().err
+    assert code == 5 and "no 'group' column" in out.err and "'team'" in out.err
+    code = fairness_main(["--run", str(tmp_path / "nope"), "--data", str(pooled["csv"]), "--groups", "source"])
+    assert code == 6 and "run directory not found" in capsys.readouterr().err
     code, out = cli("csv", "source")
     assert code == 0 and "semeion" in out.out and "largest gap" in out.out
 

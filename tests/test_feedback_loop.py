@@ -43,9 +43,9 @@ def _accuracy_by_version(results: list[dict], truth: np.ndarray) -> dict[str, tu
 
 
 def test_uncertain_frames_to_labels_to_retrained_model_on_the_device(small_run, shared_data, mosquitto, tmp_path):
-    from sdk.update import generate_keypair
     from train.export import export_bundle
     from train.loop.collect import Collector as SampleCollector
+    from train.loop.keys import generate_keypair
     from train.loop.publish import publish_bundle
     from train.loop.retrain import RetrainSettings, retrain
     from train.loop.store import FeedbackStore

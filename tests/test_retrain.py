@@ -1,6 +1,6 @@
 """train.retrain on real data: a LeNet-5 trained on MNIST learns the Semeion digits (another set of
-writers) from a few labelled samples, with replay, and keeps its MNIST accuracy; bad input exits
-with the documented codes."""
+writers) from a few labelled samples, with replay, and keeps its MNIST accuracy; stored frames become
+model inputs through the device's own preprocessing; bad input exits with the documented codes."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,13 @@ import cv2
 import numpy as np
 import pytest
 
+from sdk import messages
+from sdk.bundle import InputSpec, Manifest, OutputSpec
+from sdk.config import PreprocessSettings
+from sdk.preprocess import Preprocessor
 from train.data import load_dataset, stratified_sample, stratified_split
 
-pytestmark = pytest.mark.slow
+LABELS = [str(i) for i in range(10)]
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +30,7 @@ def _npz(path, ds):
     return path
 
 
+@pytest.mark.slow
 def test_retrain_learns_the_new_domain_without_forgetting(small_run, semeion, tmp_path):
     from sdk.bundle import verify_bundle
     from sdk.runtime import load_bundle
@@ -57,25 +62,28 @@ def test_retrain_learns_the_new_domain_without_forgetting(small_run, semeion, tm
     assert json.loads((res.run_dir / "retrain.json").read_text())["bundle"] == str(res.bundle)
 
 
+@pytest.mark.slow
 def test_without_replay_every_epoch_is_feedback(small_run, semeion):
-    from train.loop.retrain import RetrainSettings, _mix, epoch_size
+    from train.loop.retrain import RetrainSettings, epoch_size, mix_epoch
 
     pool, _ = semeion
     learn = stratified_sample(pool, 100, seed=0)
     s = RetrainSettings()
     size = epoch_size(len(learn), s)
-    alone = _mix(learn, None, s.feedback_share, 0, size)
+    alone = mix_epoch(learn, None, s.feedback_share, 0, size)
     replay = stratified_sample(pool, 60, seed=1)
-    mixed = _mix(learn, replay, 0.5, 0, 200)
+    mixed = mix_epoch(learn, replay, 0.5, 0, 200)
     assert len(alone) == size  # same number of steps as with replay
     assert len(mixed) == 200
     assert np.bincount(alone.y, minlength=10).min() >= size // 10 - 40
 
 
+@pytest.mark.slow
 def test_cli_errors(small_run, tmp_path, capsys):
-    from train.loop.retrain import main
+    from train.retrain import main
 
-    assert main(["--base", str(tmp_path / "nope"), "--feedback", str(tmp_path), "--target", "rpi"]) == 3
+    # No such base run: 6 (run directory or bundle missing), the one table's code.
+    assert main(["--base", str(tmp_path / "nope"), "--feedback", str(tmp_path), "--target", "rpi"]) == 6
     assert "nope" in capsys.readouterr().err
     # A feedback label the base model does not know: exit 5, naming it and the valid classes.
     folder = tmp_path / "fb"
@@ -93,3 +101,63 @@ def test_cli_errors(small_run, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--base", str(small_run), "--feedback", str(folder), "--target", "tpu9"])
     assert "valid: " in capsys.readouterr().err
+
+
+# -- stored frames -> model inputs: the device's preprocessing, from the manifest ----------------
+def _digit_manifest() -> Manifest:
+    """What ``train.export`` writes for an MNIST LeNet-5: grey 28x28, light ink on dark, digit mode."""
+    return Manifest(name="digits", version="1", created="2025-01-01T00:00:00+00:00", target="rpi", sha256="0" * 64,
+                    size_bytes=0, input=InputSpec(shape=[1, 28, 28, 1], dtype="int8", colour="grey",
+                                                  quantization={"scale": 1.0, "zero_point": -128},
+                                                  polarity="light_on_dark", preprocess="digit"),
+                    output=OutputSpec(shape=[1, 10], dtype="float32"), labels=LABELS)
+
+
+def _paper(digit: str, x: int) -> np.ndarray:
+    """A 160x120 BGR camera frame: a dark digit on light paper at column ``x``, and a large dark smudge
+    on the right-hand edge (outside the region of interest [0, 0, 0.6, 1])."""
+    frame = np.full((120, 160, 3), 210, np.uint8)
+    cv2.putText(frame, digit, (x, 80), cv2.FONT_HERSHEY_SIMPLEX, 2.0, (40, 40, 40), 5)
+    cv2.rectangle(frame, (112, 20), (150, 100), (30, 30, 30), -1)
+    return frame
+
+
+def _store_sample(store, i: int, frame: np.ndarray, label: str, model_input: np.ndarray | None = None) -> None:
+    png = cv2.imencode(".png", frame)[1].tobytes()
+    msg = messages.sample(
+        device="cam1", seq=i, run_id="r1", ts=1795318626.0 + i, frame_id=i,
+        model={"name": "digits", "version": "1", "sha256": "ab" * 32}, reasons=["low_confidence"],
+        top_k=[{"label": label, "index": int(label), "score": 0.4}], scores=[0.1] * 10,
+        stats={"confidence": 0.4, "margin": 0.1, "entropy": 0.8}, image=png, image_format="png",
+        width=frame.shape[1], height=frame.shape[0],
+        model_input_png=None if model_input is None else cv2.imencode(".png", model_input)[1].tobytes())
+    store.set_label(store.add(msg), label)
+
+
+def test_stored_frames_go_through_the_bundles_preprocessing(tmp_path):
+    """A frame without a model input (or with one of another shape) is preprocessed as the device did:
+    region of interest (from the device config), digit mode and polarity (from the manifest); a model
+    input of the right shape is the training image as it is."""
+    from train.loop.retrain import load_feedback
+    from train.loop.store import FeedbackStore
+
+    frames = [_paper("3", 10), _paper("7", 25), _paper("1", 40)]
+    sent = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+    with FeedbackStore(tmp_path / "fb", labels=LABELS, dedup_distance=-1) as store:
+        _store_sample(store, 0, frames[0], "3")                                                 # no model input
+        _store_sample(store, 1, frames[1], "7", model_input=np.zeros((14, 14), np.uint8))   # another shape
+        _store_sample(store, 2, frames[2], "1", model_input=sent)                              # the right shape
+    manifest, roi = _digit_manifest(), PreprocessSettings(roi=[0.0, 0.0, 0.6, 1.0])
+    ds = load_feedback(tmp_path / "fb", LABELS, (28, 28, 1), manifest=manifest, preprocess=roi)
+
+    device = Preprocessor(manifest.input, {"shape": [1, 28, 28, 1], "dtype": np.int8, "quantization": (1.0, -128)},
+                          roi=roi.roi)
+    assert ds.x.shape == (3, 28, 28, 1) and list(ds.y) == [3, 7, 1]
+    for got, frame in zip(ds.x[:2], frames[:2]):
+        want = device.image(frame)
+        assert np.array_equal(got[..., 0], want)
+        assert want.mean() < 60 and want.max() > 200  # light digit on a dark ground, as MNIST
+    assert np.array_equal(ds.x[2, ..., 0], sent)
+    # Without the ROI the digit finder takes the smudge: the ROI of the device config did matter.
+    whole = Preprocessor(manifest.input, {"shape": [1, 28, 28, 1], "dtype": np.int8, "quantization": (1.0, -128)})
+    assert not np.array_equal(ds.x[0, ..., 0], whole.image(frames[0]))

@@ -71,7 +71,7 @@ def test_predict_batch_falls_back_to_batch_one(sdk_bundle, digits):  # noqa: F81
 
 
 def test_latency_and_the_runtime_that_ran(sdk_bundle, digits):  # noqa: F811
-    from train.export.compress import latency_tflite
+    from train.export import latency_tflite
 
     it = make_interpreter(sdk_bundle / MODEL_FILE)
     batch.predict_batch(it, digits, batch_size=8)  # left at batch 8: latency goes back to 1

@@ -195,7 +195,7 @@ def test_elastic_flag_stands_alone():
 
 
 def test_crossval_of_a_run_lands_in_its_report(mnist_run, tmp_path, capsys):
-    from train.analysis.crossval import main
+    from train.crossval import main
 
     code = main(["--run", str(mnist_run), "--train-limit", "1500", "--epochs", "2", "--folds", "2",
                  "--out", str(tmp_path / "cv"), "--quiet"])
@@ -203,4 +203,4 @@ def test_crossval_of_a_run_lands_in_its_report(mnist_run, tmp_path, capsys):
     section = json.loads((mnist_run / "analysis" / "crossval.json").read_text())
     assert section["data"]["folds"] == 2 and set(section["data"]["summary"]["accuracy"]) == {"mean", "std"}
     assert "<!-- analysis:crossval -->" in (mnist_run / "report.html").read_text()
-    assert main(["--run", str(tmp_path / "none")]) == 3
+    assert main(["--run", str(tmp_path / "none")]) == 6  # ExitCode.BUNDLE

@@ -131,34 +131,35 @@ def test_median_pruner_stops_a_diverging_trial_of_a_resumed_study(base, tmp_path
     assert result["best"]["params"] == {"learning_rate": 0.001}
 
 
-@pytest.mark.parametrize("args, space, needles", [
-    (["--sampler", "annealing"], None, ["--sampler", "tpe", "random", "grid"]),
-    (["--pruner", "sometimes"], None, ["--pruner", "median", "hyperband", "none"]),
-    (["--metric", "f1"], None, ["--metric", "val_accuracy"]),
-    (["--model", "lenet6"], None, ["lenet5"]),
-    (["--trials", "0"], None, ["--trials"]),
-    (["--sampler", "grid"], "learning_rate: {type: float, low: 0.0001, high: 0.01}\n", ["learning_rate", "grid"]),
-    ([], "epochz: {type: int, low: 1, high: 3}\n", ["epochz", "Valid:", "learning_rate", "model_kwargs.width"]),
-    ([], "learning_rate: {type: float, low: 0.1, high: 0.001}\n", ["learning_rate", "above"]),
-    ([], "learning_rate: {type: float, low: 0, high: 0.1, log: true}\n", ["learning_rate", "log"]),
-    ([], "batch_size: {type: int, low: 0, high: 64}\n", ["batch_size", "0"]),
-    ([], "batch_size: {type: categorical}\n", ["batch_size", "choices"]),
-    ([], "learning_rate: [0.1\n", ["cannot parse"]),
-    (["--space", "no/such/space.yaml"], None, ["no/such/space.yaml", "not found"]),
-    (["--epochs-max", "3"], "epochs: {type: int, low: 1, high: 3}\n", ["--epochs-max", "--space"]),
+# Bad flags exit 2; a space file that is missing, malformed or does not fit the model is a config error, 3.
+@pytest.mark.parametrize("args, space, code, needles", [
+    (["--sampler", "annealing"], None, 2, ["--sampler", "tpe", "random", "grid"]),
+    (["--pruner", "sometimes"], None, 2, ["--pruner", "median", "hyperband", "none"]),
+    (["--metric", "f1"], None, 2, ["--metric", "val_accuracy"]),
+    (["--model", "lenet6"], None, 2, ["lenet5"]),
+    (["--trials", "0"], None, 2, ["--trials"]),
+    (["--sampler", "grid"], "learning_rate: {type: float, low: 0.0001, high: 0.01}\n", 2, ["learning_rate", "grid"]),
+    ([], "epochz: {type: int, low: 1, high: 3}\n", 3, ["epochz", "Valid:", "learning_rate", "model_kwargs.width"]),
+    ([], "learning_rate: {type: float, low: 0.1, high: 0.001}\n", 3, ["learning_rate", "above"]),
+    ([], "learning_rate: {type: float, low: 0, high: 0.1, log: true}\n", 3, ["learning_rate", "log"]),
+    ([], "batch_size: {type: int, low: 0, high: 64}\n", 3, ["batch_size", "0"]),
+    ([], "batch_size: {type: categorical}\n", 3, ["batch_size", "choices"]),
+    ([], "learning_rate: [0.1\n", 3, ["cannot parse"]),
+    (["--space", "no/such/space.yaml"], None, 3, ["no/such/space.yaml", "not found"]),
+    (["--epochs-max", "3"], "epochs: {type: int, low: 1, high: 3}\n", 2, ["--epochs-max", "--space"]),
 ])
-def test_bad_input_is_a_clear_error(args, space, needles, mnist_dir, tmp_path, capsys):
-    from train.analysis.tune import main
+def test_bad_input_is_a_clear_error(args, space, code, needles, mnist_dir, tmp_path, capsys):
+    from train.tune import main
 
     argv = ["--data", str(mnist_dir), "--out", str(tmp_path / "out"), *args]
     if space is not None:
         (tmp_path / "space.yaml").write_text(space)
         argv += ["--space", str(tmp_path / "space.yaml")]
     try:
-        code = main(argv)
+        exit_code = main(argv)
     except SystemExit as e:  # argparse refuses unknown choices itself
-        code = e.code
+        exit_code = e.code
     err = capsys.readouterr().err
-    assert code == 2, err
+    assert exit_code == code, err
     assert all(n in err for n in needles), err
     assert "Traceback" not in err and not (tmp_path / "out").exists()

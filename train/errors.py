@@ -13,7 +13,7 @@ from sdk.errors import ExitCode, exit_codes_help
 
 __all__ = [
     "ArtefactError", "BrokerUnreachableError", "CommandError", "ConfigFileError", "DeviceRefusedError", "ExitCode",
-    "GateError", "InputError", "UsageError", "exit_codes_help", "run_command",
+    "GateError", "IncompleteError", "InputError", "UsageError", "exit_codes_help", "run_command",
 ]
 
 
@@ -57,6 +57,12 @@ class BrokerUnreachableError(CommandError, RuntimeError):
     """The MQTT broker could not be reached or refused the connection."""
 
     exit_code = ExitCode.BROKER_UNREACHABLE
+
+
+class IncompleteError(CommandError, RuntimeError):
+    """A bounded run ended before its goal (collect's ``--timeout`` before ``--max-messages``)."""
+
+    exit_code = ExitCode.INCOMPLETE
 
 
 class DeviceRefusedError(CommandError, RuntimeError):

@@ -23,7 +23,6 @@ import textwrap
 from dataclasses import asdict
 from typing import Sequence
 
-from sdk.errors import MqttConfigError
 from sdk.mqtt import credentials_from_env
 from sdk.mqtt_args import add_credential_arguments, add_tls_arguments, tls_from_args
 from sdk.topics import DEFAULT_PREFIX
@@ -34,7 +33,7 @@ from train.loop.publish import DeviceOutcome, publish_bundle, rollback
 __all__ = ["PUBLISH_EXIT_CODES", "KEYGEN_EXIT_CODES", "main"]
 
 # What sending (a bundle or a rollback) can end with, and what making keys can.
-PUBLISH_EXIT_CODES = (ExitCode.OK, ExitCode.INTERNAL, ExitCode.USAGE, ExitCode.BROKER_CERTIFICATE,
+PUBLISH_EXIT_CODES = (ExitCode.OK, ExitCode.INTERNAL, ExitCode.USAGE, ExitCode.MQTT_CONFIG, ExitCode.BROKER_CERTIFICATE,
                       ExitCode.BROKER_HOSTNAME, ExitCode.BROKER_UNREACHABLE, ExitCode.DEVICE_REFUSED)
 KEYGEN_EXIT_CODES = (ExitCode.OK, ExitCode.INTERNAL, ExitCode.USAGE)
 
@@ -67,10 +66,7 @@ def _add_connection(p: argparse.ArgumentParser) -> None:
 
 
 def _connection_kwargs(a: argparse.Namespace) -> dict:
-    try:
-        tls = tls_from_args(a)
-    except MqttConfigError as e:
-        raise UsageError(str(e)) from e
+    tls = tls_from_args(a)  # unusable TLS files: MqttConfigError, exit 9 as in edge-classify and train.collect
     user, password = credentials_from_env(a.username_env, a.password_env)
     return {"prefix": a.prefix, "tls": tls, "username": user, "password": password, "client_id": a.client_id,
             "connect_timeout_s": a.connect_timeout, "sign_key": a.sign_key, "wait_s": a.wait,
@@ -94,13 +90,18 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _cmd_publish(argv: Sequence[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m train.publish`` (sending a bundle; ``rollback`` and ``keygen`` have their own)."""
     p = _parser("python -m train.publish", "Send a model bundle to devices over MQTT (subcommands: rollback, keygen).",
                 PUBLISH_EXIT_CODES)
     p.add_argument("--bundle", required=True, metavar="DIR", help="bundle directory (python -m train.export)")
     p.add_argument("--chunk-size", default="256k", help="bytes per chunk message (e.g. 64k, 1m)")
     _add_connection(p)
-    a = p.parse_args(argv)
+    return p
+
+
+def _cmd_publish(argv: Sequence[str]) -> int:
+    a = build_parser().parse_args(argv)
     _setup_logging(a.verbose)
     outcomes = publish_bundle(a.bundle, a.broker, chunk_size=a.chunk_size, **_connection_kwargs(a))
     return _report(outcomes, a.json)

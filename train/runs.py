@@ -9,7 +9,10 @@ Layout of a run directory::
     labels.txt       one class name per line, in output order
     history.json     per-epoch metrics
     metrics.json     evaluation metrics (validation and test)
-    report.html      self-contained evaluation report
+    report.html      self-contained evaluation report, rendered from the files below
+    figures/         the evaluation's figures (PNG): history, confusion matrix, ROC, galleries
+    analysis/        one <name>.json per analysis (robustness, explanations, fairness, crossval, tune...)
+                     and its images under <name>/; the report is re-rendered from them
     dataset.json     dataset summary (per-class counts, pixel statistics)
     tensorboard/     TensorBoard logs
 """

@@ -1,4 +1,4 @@
-"""``python -m train.crossval``: stratified K-fold cross-validation of a model on a dataset.
+"""Stratified K-fold cross-validation of a model on a dataset (command line: train/crossval.py).
 
     python -m train.crossval --model lenet5 --data train.csv --folds 5 --epochs 10
 
@@ -7,12 +7,12 @@ K-1 folds and is scored on the held-out fold; the output is each metric's mean a
 deviation over the folds (``crossval.json`` in the output directory, and a table on stdout).
 Early stopping and learning-rate reduction watch a stratified ``--val-fraction`` carved from the
 K-1 training folds, never the held-out fold, so the fold scores are not selected on themselves.
+With ``--run`` the result is also stored as the run's "crossval" analysis (:func:`crossval_report`).
 """
 from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 
 from train.config import TrainConfig
-from train.data import DataError, kfold_indices, load_dataset, stratified_sample, stratified_split
+from train.data import kfold_indices, load_dataset, stratified_sample, stratified_split
 from train.data.pipeline import make_augmenter, make_tf_dataset
+from train.errors import InputError, UsageError
+from train.report import Table, add_analysis, classification_metrics, predict_proba
 
 logger = logging.getLogger(__name__)
 
@@ -33,14 +35,13 @@ def cross_validate(config: TrainConfig, folds: int = 5, out_dir: str | Path | No
     from train import models
     from train._tf import keras
     from train.fit import fit, one_hot_if_needed
-    from train.report import classification_metrics, predict_proba
 
     if folds < 2:
-        raise ValueError(f"--folds must be at least 2, got {folds}")
+        raise UsageError(f"--folds must be at least 2, got {folds}")
     size = tuple(config.image_size) if config.image_size else None
     ds = load_dataset(config.data, split="train", image_size=size, colour=config.colour)
     if ds.y is None:
-        raise DataError(f"{config.data}: cross-validation needs labels")
+        raise InputError(f"{config.data}: cross-validation needs labels")
     if config.train_limit is not None and config.train_limit < len(ds):
         ds = stratified_sample(ds, config.train_limit, seed=config.seed)
     out = Path(out_dir or Path(config.runs_dir) / f"cv-{config.model}-{datetime.now():%Y%m%d-%H%M%S}")
@@ -79,15 +80,18 @@ def cross_validate(config: TrainConfig, folds: int = 5, out_dir: str | Path | No
     return result
 
 
-def result_html(result: dict[str, Any]) -> str:
+def crossval_tables(result: dict[str, Any]) -> dict[str, Table]:
     """The summary (mean, standard deviation) and the per-fold table, for the evaluation report."""
-    from train.report import _table
-
     summary = [{"metric": k, "mean": v["mean"], "std": v["std"]} for k, v in result["summary"].items()]
-    return (f"<p>{result['model']} on {result['data']}, n={result['n']}, one fresh model per fold.</p>"
-            + _table(summary, ["metric", "mean", "std"], {"mean": ".4f", "std": ".4f"})
-            + _table(result["per_fold"], ["fold", "n_train", "n_val", "epochs", "seconds", *METRICS],
-                     {m: ".4f" for m in METRICS}))
+    return {"summary": Table(summary, ["metric", "mean", "std"], {"mean": ".4f", "std": ".4f"}),
+            "per_fold": Table(result["per_fold"], ["fold", "n_train", "n_val", "epochs", "seconds", *METRICS],
+                              {m: ".4f" for m in METRICS})}
+
+
+def crossval_report(run_dir: str | Path, result: dict[str, Any]) -> Path:
+    """Store ``result`` as the run's "crossval" analysis (template ``analysis/crossval.html``)."""
+    return add_analysis(run_dir, "crossval", f"{result['folds']}-fold stratified cross-validation", result,
+                        tables=crossval_tables(result))
 
 
 def format_result(result: dict[str, Any]) -> str:
@@ -96,38 +100,3 @@ def format_result(result: dict[str, Any]) -> str:
     for name, s in result["summary"].items():
         lines.append(f"{name:<16}{s['mean']:>8.4f}{s['std']:>8.4f}")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from train.train import build_parser, config_from_args
-
-    p = build_parser()
-    p.prog = "python -m train.crossval"
-    p.description = __doc__
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--out", help="output directory (default: runs/cv-MODEL-TIME)")
-    p.add_argument("--run", help="cross-validate this run's config (flags still override it) and add the "
-                                 "result to its report.html")
-    args = p.parse_args(argv)
-    if args.run:
-        if not (Path(args.run) / "config.json").is_file():
-            print(f"error: --run {args.run}: not a training run (no config.json)", file=sys.stderr)
-            return 3
-        if args.config:
-            p.error("--run and --config both give the base config; use one")
-        args.config = str(Path(args.run) / "config.json")
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        result = cross_validate(config_from_args(args), folds=args.folds, out_dir=args.out)
-    except (DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_result(result))
-    print(f"written: {Path(result['out_dir']) / 'crossval.json'}")
-    if args.run:
-        from train.report import add_analysis
-
-        add_analysis(args.run, "crossval", f"{result['folds']}-fold stratified cross-validation", result_html(result),
-                     result)
-        print(f"added to {Path(args.run) / 'report.html'}")
-    return 0

@@ -4,8 +4,9 @@
     python -m train.explain --run runs/X --misclassified      # ... and the most confident mistakes
     python -m train.explain --run runs/X --layer conv1 --smoothgrad 25
 
-Adds an "Explanations" section to the run's report.html (``analysis/explanations.json``): for each
-image the image itself, its Grad-CAM overlay and its saliency map, for the predicted class.
+Stores the "explanations" analysis in the run (``analysis/explanations.json`` and its images) and
+renders its report.html again, with an "Explanations" section: for each image the image itself, its
+Grad-CAM overlay and its saliency map, for the predicted class. The command line is train/explain.py.
 
 Grad-CAM (Selvaraju et al. 2017) weighs a convolutional layer's feature maps by the mean gradient
 of the class score (the logit, before softmax) and keeps the positive part; by default the layer is
@@ -16,17 +17,15 @@ et al. 2017) averages that gradient over noisy copies of the image. Every map is
 """
 from __future__ import annotations
 
-import argparse
 import difflib
-import html
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from train.report import _img, _plt, _png, add_analysis, predict_proba
+from train.errors import InputError, UsageError
+from train.report import add_analysis, image_grid, png, predict_proba, show_image
 
 logger = logging.getLogger(__name__)
 
@@ -55,21 +54,22 @@ def conv_layer_names(model) -> list[str]:
 
 def find_layer(model, name: str | None = None):
     """The layer Grad-CAM reads: ``name``, or the last convolution followed through the layers
-    after it that keep its spatial size. Raises ``ValueError`` listing the conv layers."""
+    after it that keep its spatial size. Raises :class:`~train.errors.UsageError` (a ``ValueError``)
+    listing the conv layers."""
     convs = conv_layer_names(model)
     if name is not None:
         names = [layer.name for layer in model.layers]
         if name not in names:
             close = difflib.get_close_matches(name, names, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"{model.name} has no layer {name!r}.{hint} Its conv layers: {', '.join(convs) or 'none'}")
+            raise UsageError(f"{model.name} has no layer {name!r}.{hint} Its conv layers: {', '.join(convs) or 'none'}")
         layer = model.get_layer(name)
         if not _spatial(layer):
-            raise ValueError(f"{model.name}: layer {name!r} outputs {layer.get_output_shape_at(-1)}, not feature maps "
+            raise UsageError(f"{model.name}: layer {name!r} outputs {layer.get_output_shape_at(-1)}, not feature maps "
                              f"(batch, height, width, channels); its conv layers: {', '.join(convs) or 'none'}")
         return layer
     if not convs:
-        raise ValueError(f"{model.name} has no convolutional layer for Grad-CAM; pick a layer with a 4-D output")
+        raise UsageError(f"{model.name} has no convolutional layer for Grad-CAM; pick a layer with a 4-D output")
     layers = model.layers
     i = [layer.name for layer in layers].index(convs[-1])
     size = layers[i].get_output_shape_at(-1)[1:3]
@@ -191,7 +191,7 @@ def saliency(model, x: np.ndarray, class_index=None, smoothgrad: int = 0, noise:
     from train._tf import keras, tf
 
     if smoothgrad < 0 or noise < 0:
-        raise ValueError(f"smoothgrad and noise must be >= 0; got smoothgrad={smoothgrad}, noise={noise}")
+        raise UsageError(f"smoothgrad and noise must be >= 0; got smoothgrad={smoothgrad}, noise={noise}")
     score_model = keras.Model(model.inputs, _score_tensor(model))
     x = np.asarray(x, dtype=np.float32)
     classes = _classes(model, x, class_index)
@@ -218,20 +218,13 @@ def saliency(model, x: np.ndarray, class_index=None, smoothgrad: int = 0, noise:
 def explanation_figure(x: np.ndarray, titles: list[str], cams: np.ndarray, saliencies: np.ndarray | None = None,
                        per_row: int = 4):
     """A matplotlib figure: per image, the image, its Grad-CAM overlay and (if given) its saliency."""
-    plt = _plt()
     panels = 2 if saliencies is None else 3
-    rows = int(np.ceil(len(x) / per_row))
-    fig, axes = plt.subplots(rows, per_row * panels, figsize=(per_row * panels * 1.25, rows * 1.55), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
+    fig, axes = image_grid(int(np.ceil(len(x) / per_row)), per_row * panels, (1.25, 1.55))
     for k, img in enumerate(x):
         row, col = divmod(k, per_row)
         ax = axes[row, col * panels: (col + 1) * panels]
-        grey = img.shape[-1] == 1
-        shown = img[..., 0] if grey else img.astype(np.uint8)
-        ax[0].imshow(shown, cmap="gray" if grey else None)
-        ax[0].set_title(titles[k], fontsize=7)
-        ax[1].imshow(shown, cmap="gray" if grey else None)
+        show_image(ax[0], img, titles[k])
+        show_image(ax[1], img)
         ax[1].imshow(cams[k], cmap="jet", alpha=0.5, vmin=0, vmax=1)
         ax[1].set_title("Grad-CAM", fontsize=7)
         if saliencies is not None:
@@ -263,15 +256,15 @@ def correct_by_class(y_true: np.ndarray, probs: np.ndarray, limit: int, seed: in
 
 
 def gradcam_gallery(model, x: np.ndarray, y_true: np.ndarray, probs: np.ndarray, class_names: list[str],
-                    limit: int = 16, layer: str | None = None) -> str | None:
-    """Grad-CAM of the most confident mistakes as a base64 PNG (None when nothing is misclassified)."""
+                    limit: int = 16, layer: str | None = None) -> bytes | None:
+    """Grad-CAM of the most confident mistakes as PNG bytes (None when nothing is misclassified)."""
     idx = misclassified(y_true, probs, limit)
     if not len(idx):
         return None
     pred = probs.argmax(1)
     cams = grad_cam(model, x[idx], pred[idx], layer)
     titles = [_title(class_names, y_true[i], pred[i], probs[i, pred[i]]) for i in idx]
-    return _png(explanation_figure(x[idx], titles, cams))
+    return png(explanation_figure(x[idx], titles, cams))
 
 
 # --------------------------------------------------------------------------- run
@@ -282,20 +275,19 @@ def explain_run(run_dir: str | Path | None, samples: int = 16, misclassified_too
                 runs_dir: str | Path = "runs") -> dict[str, Any]:
     """Grad-CAM and saliency for the run's model on its ``split`` ("test" or "val"): ``samples``
     correct predictions stratified by class and, with ``misclassified_too``, as many of the most
-    confident mistakes. Adds the "explanations" analysis to the run; returns its data."""
+    confident mistakes. Stores the "explanations" analysis in the run; returns its data."""
     from train.runs import load_run
 
     if samples < 1:
-        raise ValueError(f"samples must be >= 1; got {samples}")
+        raise UsageError(f"samples must be >= 1; got {samples}")
     if split not in ("test", "val"):
-        raise ValueError(f"split must be 'test' or 'val'; got {split!r}")
+        raise UsageError(f"split must be 'test' or 'val'; got {split!r}")
     run = load_run(run_dir, runs_dir)
     model = run.model
     layer_name = find_layer(model, layer).name
-    splits = run.splits()
-    ds = splits.get(split)
+    ds = run.splits().get(split)
     if ds is None or ds.y is None:
-        raise ValueError(f"{run.path}: the run has no labelled {split} split; try --split val")
+        raise InputError(f"{run.path}: the run has no labelled {split} split; try --split val")
     probs = predict_proba(model, ds.x)
     pred = probs.argmax(1)
     names = run.class_names
@@ -303,54 +295,17 @@ def explain_run(run_dir: str | Path | None, samples: int = 16, misclassified_too
     if misclassified_too:
         galleries.append(("Misclassified, most confident first (true->predicted score)",
                           misclassified(ds.y, probs, samples)))
-    parts = [f"<p>Model {html.escape(run.config.model)}, {split} split ({len(ds)} images); Grad-CAM on layer "
-             f"<code>{html.escape(layer_name)}</code>, saliency "
-             f"{'SmoothGrad over %d noisy copies' % smoothgrad if smoothgrad else 'plain gradient'}; "
-             "both for the predicted class.</p>"]
-    data: dict[str, Any] = {"run": str(run.path), "split": split, "layer": layer_name, "smoothgrad": smoothgrad,
-                            "galleries": []}
-    for heading, idx in galleries:
-        entry = {"title": heading, "samples": [
+    data: dict[str, Any] = {"run": str(run.path), "split": split, "split_size": len(ds), "layer": layer_name,
+                            "smoothgrad": smoothgrad, "galleries": []}
+    images: dict[str, bytes] = {}
+    for k, (heading, idx) in enumerate(galleries):
+        data["galleries"].append({"title": heading, "samples": [
             {"index": int(i), "label": names[ds.y[i]], "predicted": names[pred[i]], "score": float(probs[i, pred[i]])}
-            for i in idx]}
-        data["galleries"].append(entry)
-        parts.append(f"<h3>{html.escape(heading)}</h3>")
-        if not len(idx):
-            parts.append("<p>None.</p>")
-            continue
-        cams = grad_cam(model, ds.x[idx], pred[idx], layer_name)
-        sal = saliency(model, ds.x[idx], pred[idx], smoothgrad=smoothgrad)
-        titles = [_title(names, ds.y[i], pred[i], probs[i, pred[i]]) for i in idx]
-        parts.append(_img(_png(explanation_figure(ds.x[idx], titles, cams, sal)), heading))
-    add_analysis(run.path, "explanations", "Explanations", "\n".join(parts), data)
+            for i in idx]})
+        if len(idx):
+            cams = grad_cam(model, ds.x[idx], pred[idx], layer_name)
+            sal = saliency(model, ds.x[idx], pred[idx], smoothgrad=smoothgrad)
+            titles = [_title(names, ds.y[i], pred[i], probs[i, pred[i]]) for i in idx]
+            images[f"gallery{k}"] = png(explanation_figure(ds.x[idx], titles, cams, sal))
+    add_analysis(run.path, "explanations", "Explanations", data, images=images)
     return data
-
-
-def main(argv: list[str] | None = None) -> int:
-    from train.data import DataError
-    from train.runs import RunError
-
-    p = argparse.ArgumentParser(prog="python -m train.explain", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", help="run directory (default: the latest under --runs-dir)")
-    p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--samples", type=int, default=16, help="images per gallery (default 16)")
-    p.add_argument("--misclassified", action="store_true", help="add a gallery of the most confident mistakes")
-    p.add_argument("--layer", help="layer for Grad-CAM (default: the last convolution)")
-    p.add_argument("--split", default="test", choices=["test", "val"])
-    p.add_argument("--smoothgrad", type=int, default=0, metavar="N", help="SmoothGrad over N noisy copies (0: off)")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        data = explain_run(args.run, args.samples, args.misclassified, args.layer, args.split, args.smoothgrad,
-                           args.runs_dir)
-    except RunError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    except (DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for g in data["galleries"]:
-        print(f"{g['title']}: {len(g['samples'])} images")
-    print(f"Grad-CAM layer {data['layer']}; report: {Path(data['run']) / 'report.html'}")
-    return 0

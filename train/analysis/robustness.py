@@ -14,28 +14,30 @@ Corruptions (severity 1..5; images stay uint8, as a camera would give them):
     occlusion       grey square, side / image side  0.15 0.25 0.35 0.45 0.55  (random place)
 
 Attacks (L-inf, ``--epsilons`` in pixel units 0..255, since our models take raw pixels), made on
-the float model with ``tf.GradientTape`` (see ``train.adversarial``): ``fgsm``, ``pgd`` (random
+the float model with ``tf.GradientTape`` (see ``train.analysis.adversarial``): ``fgsm``, ``pgd`` (random
 start, ``--pgd-steps`` steps of 2.5 * eps / steps) and ``random`` (a random +-eps sign pattern:
 the control showing how much of a drop is the attack and not the perturbation size). The
 bundle's model gets the same images (transferred attacks), quantized as its manifest says and
 run by the LiteRT interpreter of the device SDK.
 
-Writes ``analysis/robustness.json`` in the run and a "Robustness" section with the curves into its
-``report.html``; prints a table. Exit codes: 0 ok, 2 bad arguments or bundle, 3 run not found.
-The library call is :func:`evaluate_robustness` (same argument names) and :func:`robustness_report`.
+Writes ``analysis/robustness.json`` (and its images) in the run and renders its ``report.html``
+again, with a "Robustness" section holding the curves; prints a table. The library calls are
+:func:`evaluate_robustness` (same argument names) and :func:`robustness_report`; the command line is
+train/robustness.py.
 """
 from __future__ import annotations
 
-import argparse
 import difflib
-import html
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from sdk.errors import ManifestError
+from train.errors import UsageError
+from train.report import Table, add_analysis, image_grid, png, pyplot, show_image
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +47,6 @@ DEFAULT_EPSILONS = (0.0, 2.0, 4.0, 8.0, 16.0)
 ATTACKS = ("fgsm", "pgd", "random")
 DEFAULT_SAMPLES = 1000
 DEFAULT_PGD_STEPS = 10
-EXIT_USAGE = 2
-EXIT_RUN = 3
 
 
 # --------------------------------------------------------------------------- corruptions
@@ -123,15 +123,15 @@ CORRUPTIONS: dict[str, Corruption] = {
 # --------------------------------------------------------------------------- checking arguments
 
 
-def _unknown(flag: str, name: str, valid: Sequence[str]) -> ValueError:
+def _unknown(flag: str, name: str, valid: Sequence[str]) -> UsageError:
     close = difflib.get_close_matches(name, valid, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ValueError(f"{flag}: unknown name {name!r}{hint}; valid: {', '.join(valid)}")
+    return UsageError(f"{flag}: unknown name {name!r}{hint}; valid: {', '.join(valid)}")
 
 
 def check_arguments(corruptions: Sequence[str], severities: Sequence[int], attacks: Sequence[str],
                     epsilons: Sequence[float], pgd_steps: int, samples: int) -> None:
-    """``ValueError`` naming the flag for any bad argument."""
+    """:class:`~train.errors.UsageError` (a ``ValueError``) naming the flag for any bad argument."""
     for name in corruptions:
         if name not in CORRUPTIONS:
             raise _unknown("--corruptions", name, list(CORRUPTIONS))
@@ -140,15 +140,15 @@ def check_arguments(corruptions: Sequence[str], severities: Sequence[int], attac
             raise _unknown("--attacks", name, ATTACKS)
     for s in severities:
         if s not in SEVERITIES:
-            raise ValueError(f"--severities: {s} is not a severity; valid: {', '.join(map(str, SEVERITIES))}")
+            raise UsageError(f"--severities: {s} is not a severity; valid: {', '.join(map(str, SEVERITIES))}")
     for e in epsilons:
         if not 0 <= e <= 255:
-            raise ValueError(f"--epsilons: {e:g} is out of range; epsilons are L-inf sizes in pixel units and must be "
+            raise UsageError(f"--epsilons: {e:g} is out of range; epsilons are L-inf sizes in pixel units and must be "
                              "within 0..255 (the models take raw 0..255 pixels)")
     if pgd_steps < 1:
-        raise ValueError(f"--pgd-steps must be >= 1; got {pgd_steps}")
+        raise UsageError(f"--pgd-steps must be >= 1; got {pgd_steps}")
     if samples < 1:
-        raise ValueError(f"--samples must be >= 1; got {samples}")
+        raise UsageError(f"--samples must be >= 1; got {samples}")
 
 
 # --------------------------------------------------------------------------- predicting
@@ -172,15 +172,13 @@ def _tflite_label(manifest) -> str:
 
 
 def _load_bundle(path: str | Path):
+    """The bundle, for the LiteRT interpreter on the CPU; the SDK's errors (they name the file) pass through."""
     from sdk.runtime import load_bundle
 
     p = Path(path)
     if not p.exists():
-        raise ValueError(f"--bundle {p}: not found; export one with python -m train.export --target rpi --run RUN")
-    try:
-        return load_bundle(p, delegate="none")
-    except (ValueError, RuntimeError) as e:
-        raise ValueError(f"--bundle {p}: {e}") from e
+        raise ManifestError(f"--bundle {p}: not found; export one with python -m train.export --target rpi --run RUN")
+    return load_bundle(p, delegate="none")
 
 
 # --------------------------------------------------------------------------- attacks
@@ -243,7 +241,8 @@ def evaluate_robustness(
     ``run``: a run directory (None: the latest under ``runs_dir``) or a loaded ``train.runs.Run``.
     Returns the data behind the report: ``clean``, ``corruptions[name]`` and ``attacks[name]``, each
     with a list of accuracies per model key (``float`` and, with a bundle, ``tflite``).
-    Raises ``ValueError`` naming the flag for bad arguments, ``RunError`` for a missing run.
+    Raises :class:`~train.errors.UsageError` naming the flag for bad arguments, ``RunError`` for a
+    missing run, ``sdk.errors.ManifestError`` for a missing bundle.
     """
     from train.data import stratified_sample
     from train.runs import Run, load_run
@@ -327,16 +326,13 @@ def format_table(data: dict) -> str:
 _STYLES = {"float": dict(marker="o", linestyle="-"), "tflite": dict(marker="s", linestyle="--")}
 
 
-def _plot_curves(data: dict, kind: str) -> str | None:
-    from train.report import _plt, _png
-
+def _plot_curves(data: dict, kind: str) -> bytes | None:
     groups = data[kind]
     if not groups:
         return None
-    plt = _plt()
     cols = min(3, len(groups))
     rows = -(-len(groups) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
     for ax in axes.ravel()[len(groups):]:
         ax.axis("off")
     for ax, (name, g) in zip(axes.ravel(), groups.items()):
@@ -356,13 +352,11 @@ def _plot_curves(data: dict, kind: str) -> str | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    return _png(fig)
+    return png(fig)
 
 
-def _plot_examples(run, data: dict, image: np.ndarray, label: int) -> str:
+def _plot_examples(run, data: dict, image: np.ndarray, label: int) -> bytes:
     """One test image under every corruption severity and attack epsilon."""
-    from train.report import _plt, _png
-
     rows: list[tuple[str, list[tuple[str, np.ndarray]]]] = []
     for ci, (name, c) in enumerate(data["corruptions"].items()):
         rows.append((name, [(f"s{s}", CORRUPTIONS[name](image[None], s, np.random.default_rng([data["seed"], ci, s]))[0])
@@ -370,97 +364,31 @@ def _plot_examples(run, data: dict, image: np.ndarray, label: int) -> str:
     for name, a in data["attacks"].items():
         attack = make_attack(run.model, name, pgd_steps=a.get("steps", DEFAULT_PGD_STEPS), seed=data["seed"])
         rows.append((name, [(f"eps {e:g}", attack(image[None], np.array([label]), e)[0]) for e in a["epsilons"]]))
-    plt = _plt()
-    cols = max(len(r[1]) for r in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.3 * cols, 1.45 * len(rows)), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    grey = image.shape[-1] == 1
+    fig, axes = image_grid(len(rows), max(len(r[1]) for r in rows), (1.3, 1.45))
     for (name, cells), axrow in zip(rows, axes):
         for j, (title, img) in enumerate(cells):
-            img = np.clip(img, 0, 255).astype(np.uint8)
-            axrow[j].imshow(img[..., 0] if grey else img, cmap="gray" if grey else None, vmin=0, vmax=255)
-            axrow[j].set_title(f"{name} {title}" if j == 0 else title, fontsize=7)
-    return _png(fig)
+            show_image(axrow[j], np.clip(img, 0, 255).astype(np.uint8), f"{name} {title}" if j == 0 else title, vmin=0, vmax=255)
+    return png(fig)
 
 
-def report_html(run, data: dict, example: tuple[np.ndarray, int] | None = None) -> str:
-    """The report section: what was measured, the curves, examples and the full table."""
-    from train.report import _img, _table
-
-    keys = list(data["models"])
-    parts = [
-        f"<p>{data['samples']} images of the {html.escape(data['split'])} split, stratified by class (seed {data['seed']}). "
-        f"Models: {html.escape(', '.join(data['models'].values()))}"
-        + (f" from <code>{html.escape(data['bundle'])}</code>" if data["bundle"] else "") + ". "
-        "Corrupted images are rounded to uint8. Attacks are made on the float model (L-inf, epsilon in pixels 0..255, "
-        "clipped to 0..255) and transferred to the TFLite model; <i>random</i> is a random &plusmn;eps sign pattern, the "
-        "control for the perturbation size." + (f" PGD: {data['attacks']['pgd']['steps']} steps of 2.5&middot;eps/steps, "
-                                                "random start." if "pgd" in data["attacks"] else "") + "</p>",
-        _img(_plot_curves(data, "corruptions"), "accuracy vs corruption severity"),
-        _img(_plot_curves(data, "attacks"), "accuracy vs attack epsilon"),
-    ]
-    if example is not None:
-        parts.append("<h3>One test image under each condition</h3>" + _img(_plot_examples(run, data, *example), "examples"))
+def results_table(data: dict) -> Table:
+    """The report's table: :func:`table_rows` with the models' labels as column names."""
     header = {"condition": "condition", "setting": "setting", **data["models"]}
     rows = [{header[k]: v for k, v in r.items()} for r in table_rows(data)]
-    parts.append(_table(rows, list(header.values()), {data["models"][k]: ".4f" for k in keys}))
-    return "\n".join(parts)
+    return Table(rows, list(header.values()), {label: ".4f" for label in data["models"].values()})
 
 
 def robustness_report(run=None, bundle: str | Path | None = None, *, runs_dir: str | Path = "runs",
                       **options) -> tuple[dict, Path]:
-    """:func:`evaluate_robustness` (``options`` are its keyword arguments), then its section added
-    to the run's report; returns the data and the path of ``analysis/robustness.json``."""
-    from train.report import add_analysis
+    """:func:`evaluate_robustness` (``options`` are its keyword arguments), then stored as the run's
+    "robustness" analysis with its curves and one test image under each condition (template
+    ``analysis/robustness.html``); returns the data and the path of ``analysis/robustness.json``."""
     from train.runs import Run, load_run
 
     run = run if isinstance(run, Run) else load_run(run, runs_dir)
     data = evaluate_robustness(run, bundle, **options)
     ds = run.splits()[data["split"]]
-    body = report_html(run, data, (ds.x[0], int(ds.y[0])))
-    return data, add_analysis(run.path, ANALYSIS_NAME, "Robustness", body, data)
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train.robustness", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", help="run directory (default: the latest under --runs-dir)")
-    p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--bundle", help="bundle directory from python -m train.export, to measure its TFLite model too")
-    p.add_argument("--corruptions", nargs="+", default=list(CORRUPTIONS), metavar="NAME",
-                   help=f"any of {', '.join(CORRUPTIONS)} (default: all)")
-    p.add_argument("--severities", nargs="+", type=int, default=list(SEVERITIES), metavar="S", help="severities 1..5 (default: all)")
-    p.add_argument("--attacks", nargs="+", default=list(ATTACKS), metavar="NAME", help=f"any of {', '.join(ATTACKS)} (default: all)")
-    p.add_argument("--epsilons", nargs="+", type=float, default=list(DEFAULT_EPSILONS), metavar="EPS",
-                   help="L-inf attack sizes in pixel units 0..255 (default: 0 2 4 8 16)")
-    p.add_argument("--pgd-steps", type=int, default=DEFAULT_PGD_STEPS, help=f"PGD iterations (default {DEFAULT_PGD_STEPS})")
-    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
-                   help=f"test images, stratified by class (default {DEFAULT_SAMPLES}; the whole split if larger)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from train.runs import RunError
-
-    try:
-        data, path = robustness_report(
-            args.run, args.bundle, corruptions=args.corruptions, severities=args.severities, attacks=args.attacks,
-            epsilons=args.epsilons, pgd_steps=args.pgd_steps, samples=args.samples, seed=args.seed, runs_dir=args.runs_dir,
-        )
-    except RunError as e:
-        print(f"error: --run: {e}", file=sys.stderr)
-        return EXIT_RUN
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    print(format_table(data))
-    print(f"data: {path}\nreport: {Path(data['run']) / 'report.html'}")
-    return 0
+    images = {"corruptions": _plot_curves(data, "corruptions"), "attacks": _plot_curves(data, "attacks"),
+              "examples": _plot_examples(run, data, ds.x[0], int(ds.y[0]))}
+    return data, add_analysis(run.path, ANALYSIS_NAME, "Robustness", data, tables={"results": results_table(data)},
+                              images=images)

@@ -1,4 +1,4 @@
-"""``python -m train.tune``: Optuna hyperparameter search, one ``train.train`` run per trial.
+"""Optuna hyperparameter search, one ``train.train`` run per trial (command line: train/tune.py).
 
     python -m train.tune --model lenet5 --data ../shared/data/mnist --train-limit 10000 --epochs-max 5
     python -m train.tune --model resnet_small --data train.csv --sampler grid --space space.yaml
@@ -18,24 +18,23 @@ parameter importances) and ``best_config.yaml``. The library twin is :func:`tune
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
 import math
 import shutil
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Callable, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from train.config import TrainConfig
 from train.data import DataError
+from train.errors import ConfigFileError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +110,7 @@ def default_space(model: str, epochs_max: int = 30) -> tuple[Space, list[str]]:
     from train.models import model_info
 
     if epochs_max < 1:
-        raise ValueError(f"--epochs-max must be at least 1, got {epochs_max}")
+        raise UsageError(f"--epochs-max must be at least 1, got {epochs_max}")
     kwargs = model_info(model)["kwargs"]
     epochs_grid = sorted({max(1, round(epochs_max * k / 3)) for k in (1, 2, 3)})
     space: Space = {
@@ -144,18 +143,18 @@ def load_space(path: str | Path) -> Space:
     try:
         raw = yaml.safe_load(p.read_text())
     except FileNotFoundError as e:
-        raise ValueError(f"--space {p}: file not found") from e
+        raise ConfigFileError(f"--space {p}: file not found") from e
     except yaml.YAMLError as e:
-        raise ValueError(f"--space {p}: cannot parse: {e}") from e
+        raise ConfigFileError(f"--space {p}: cannot parse: {e}") from e
     if not isinstance(raw, dict) or not raw:
-        raise ValueError(f"--space {p}: must be a non-empty mapping of param: {{type, low, high, ...}}")
+        raise ConfigFileError(f"--space {p}: must be a non-empty mapping of param: {{type, low, high, ...}}")
     space: Space = {}
     for name, spec in raw.items():
         try:
             space[str(name)] = ParamSpec.model_validate(spec)
         except ValidationError as e:
             msgs = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'spec'}: {err['msg']}" for err in e.errors())
-            raise ValueError(f"--space {p}: param {name!r}: {msgs}") from e
+            raise ConfigFileError(f"--space {p}: param {name!r}: {msgs}") from e
     return space
 
 
@@ -197,7 +196,7 @@ def check_space(space: Space, config: TrainConfig) -> None:
     valid = searchable(config)
     for name, spec in space.items():
         if name not in valid:
-            raise ValueError(f"space: unknown param {name!r} for model {config.model!r}. Valid: {', '.join(valid)}")
+            raise ConfigFileError(f"space: unknown param {name!r} for model {config.model!r}. Valid: {', '.join(valid)}")
         if name.startswith("model_kwargs."):
             continue  # the model builder judges its own values; a bad one fails its trial
         values = spec.choices if spec.type == "categorical" else [spec.low, spec.high, *(spec.grid or [])]
@@ -207,7 +206,7 @@ def check_space(space: Space, config: TrainConfig) -> None:
             try:
                 apply_params(config, {name: v})
             except ValidationError as e:
-                raise ValueError(f"space: param {name!r}: value {v!r} is invalid: {e.errors()[0]['msg']}") from e
+                raise ConfigFileError(f"space: param {name!r}: value {v!r} is invalid: {e.errors()[0]['msg']}") from e
 
 
 def _suggest(trial, name: str, spec: ParamSpec) -> Any:
@@ -219,7 +218,7 @@ def _suggest(trial, name: str, spec: ParamSpec) -> Any:
         decoded = {_encode(c): c for c in spec.choices}
         return decoded[trial.suggest_categorical(name, list(decoded))]
     except ValueError as e:  # a resumed study whose stored space differs from this one
-        raise ValueError(f"param {name!r}: {e} (the study in --storage was searched with another space)") from e
+        raise UsageError(f"param {name!r}: {e} (the study in --storage was searched with another space)") from e
 
 
 def _make_sampler(kind: str, space: Space, seed: int, trials: int):
@@ -268,6 +267,99 @@ class TrialFailed(RuntimeError):
     """A trial's own settings broke its run (bad model option, out of memory); the search goes on."""
 
 
+def _check_options(sampler: str, pruner: str, metric: str, keep: str, trials: int, prune_startup: int) -> None:
+    for flag, value, valid in (("--sampler", sampler, SAMPLERS), ("--pruner", pruner, PRUNERS),
+                               ("--metric", metric, tuple(METRICS)), ("--keep", keep, KEEP)):
+        if value not in valid:
+            raise UsageError(f"{flag}: unknown value {value!r}. Valid: {', '.join(valid)}")
+    if trials < 1:
+        raise UsageError(f"--trials must be at least 1, got {trials}")
+    if prune_startup < 0:
+        raise UsageError(f"--prune-startup must be >= 0, got {prune_startup}")
+
+
+def _resolve_space(config: TrainConfig, space: Space | None, notes: list[str] | None, sampler: str) -> tuple[Space, list[str]]:
+    """The space to search (default: :func:`default_space`), checked against ``config`` and the sampler."""
+    notes = list(notes or [])
+    if space is None:
+        space, default_notes = default_space(config.model)
+        notes += default_notes
+    if not space:
+        raise UsageError("the search space is empty: every parameter is fixed")
+    check_space(space, config)
+    missing = [n for n, s in space.items() if s.grid_values() is None]
+    if sampler == "grid" and missing:
+        raise UsageError(f"--sampler grid: param(s) {', '.join(missing)} have no grid values; add 'grid: [...]' in --space")
+    return space, notes
+
+
+def _objective(config: TrainConfig, space: Space, trials_dir: Path, metric: str) -> Callable:
+    """The Optuna objective: one ``run_training`` per trial, valued by the best ``metric`` over its epochs."""
+    from train._tf import keras, tf
+    from train.fit import run_training
+
+    def objective(trial) -> float:
+        params = {name: _suggest(trial, name, spec) for name, spec in space.items()}
+        run_name = f"trial_{trial.number:03d}"
+        trial.set_user_attr("run_dir", str(trials_dir / run_name))
+        run_config = apply_params(config, params).model_copy(
+            update={"runs_dir": str(trials_dir), "run_name": run_name, "tensorboard": False, "verbose": 0}
+        )
+        cb = _pruning_callback(trial, metric)
+        try:
+            run_training(run_config, evaluate=False, callbacks=[cb])
+        except DataError:
+            raise
+        except (ValueError, tf.errors.OpError) as e:
+            trial.set_user_attr("error", str(e).splitlines()[0])
+            raise TrialFailed(f"trial {trial.number}: {e}") from e
+        finally:
+            keras.backend.clear_session()
+        return max(cb.values) if METRICS[metric] == "maximize" else min(cb.values)
+
+    return objective
+
+
+def _importance(study, seed: int) -> dict[str, float] | None:
+    """fANOVA importance of each parameter; None unless two completed trials differ in their params."""
+    import optuna
+
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(complete) < 2 or len({json.dumps(t.params, sort_keys=True) for t in complete}) < 2:
+        return None
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
+    return {k: round(v, 4) for k, v in optuna.importance.get_param_importances(study, evaluator=evaluator).items()}
+
+
+def _best(study, config: TrainConfig, space: Space, out: Path, metric: str, keep: str, train_best: bool) -> dict[str, Any]:
+    """Write ``best_config.yaml``; with ``keep="best"`` delete the other trials' runs; with
+    ``train_best`` retrain the winner with full evaluation. Returns ``best`` (and ``best_run``)."""
+    from train.fit import run_training
+
+    best = study.best_trial
+    best_config = apply_params(config, {n: _decode(space, n, v) for n, v in best.params.items()})
+    path = out / "best_config.yaml"
+    finished = sum(t.state.is_finished() for t in study.trials)
+    path.write_text(
+        f"# best of {finished} trials ({out}): trial {best.number}, {metric} {best.value:.4f}\n"
+        f"# python -m train.train --config {path}\n"
+        + yaml.safe_dump(best_config.model_dump(mode="json"), sort_keys=False)
+    )
+    result: dict[str, Any] = {"best": {"trial": best.number, "value": best.value, "params": best.params, "config": str(path),
+                                       "run_dir": best.user_attrs.get("run_dir")}}
+    if keep == "best":
+        for t in study.trials:
+            run_dir = t.user_attrs.get("run_dir")
+            if t.number != best.number and run_dir:
+                shutil.rmtree(run_dir, ignore_errors=True)
+    if train_best:
+        run_dir = run_training(best_config.model_copy(update={"runs_dir": str(out), "run_name": "best"}))
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        result["best_run"] = {"run_dir": str(run_dir),
+                              **{f"{k}_accuracy": metrics[k]["accuracy"] for k in ("validation", "test") if metrics.get(k)}}
+    return result
+
+
 def tune(
     config: TrainConfig,
     space: Space | None = None,
@@ -289,30 +381,13 @@ def tune(
 
     Every trial is ``run_training(config + params, evaluate=False)``; its value is the best
     ``metric`` over its epochs. ``keep="best"`` deletes the other trials' run directories.
+    Raises :class:`~train.errors.UsageError` for bad options, :class:`~train.errors.ConfigFileError`
+    for a space that does not fit the config.
     """
     import optuna
 
-    from train._tf import keras, tf
-    from train.fit import run_training
-
-    for flag, value, valid in (("--sampler", sampler, SAMPLERS), ("--pruner", pruner, PRUNERS),
-                               ("--metric", metric, tuple(METRICS)), ("--keep", keep, KEEP)):
-        if value not in valid:
-            raise ValueError(f"{flag}: unknown value {value!r}. Valid: {', '.join(valid)}")
-    if trials < 1:
-        raise ValueError(f"--trials must be at least 1, got {trials}")
-    if prune_startup < 0:
-        raise ValueError(f"--prune-startup must be >= 0, got {prune_startup}")
-    if space is None:
-        space, default_notes = default_space(config.model)
-        notes = [*(notes or []), *default_notes]
-    if not space:
-        raise ValueError("the search space is empty: every parameter is fixed")
-    check_space(space, config)
-    missing = [n for n, s in space.items() if s.grid_values() is None]
-    if sampler == "grid" and missing:
-        raise ValueError(f"--sampler grid: param(s) {', '.join(missing)} have no grid values; add 'grid: [...]' in --space")
-
+    _check_options(sampler, pruner, metric, keep, trials, prune_startup)
+    space, notes = _resolve_space(config, space, notes, sampler)
     out = Path(out_dir or Path(config.runs_dir) / f"tune-{config.model}-{datetime.now():%Y%m%d-%H%M%S}")
     trials_dir = out / "trials"
     trials_dir.mkdir(parents=True, exist_ok=True)
@@ -325,59 +400,17 @@ def tune(
     if sampler == "grid":
         logger.info("the grid has %d points", math.prod(len(s.grid_values()) for s in space.values()))
 
-    def objective(trial) -> float:
-        params = {name: _suggest(trial, name, spec) for name, spec in space.items()}
-        run_name = f"trial_{trial.number:03d}"
-        trial.set_user_attr("run_dir", str(trials_dir / run_name))
-        run_config = apply_params(config, params).model_copy(
-            update={"runs_dir": str(trials_dir), "run_name": run_name, "tensorboard": False, "verbose": 0}
-        )
-        cb = _pruning_callback(trial, metric)
-        try:
-            run_training(run_config, evaluate=False, callbacks=[cb])
-        except DataError:
-            raise
-        except (ValueError, tf.errors.OpError) as e:
-            trial.set_user_attr("error", str(e).splitlines()[0])
-            raise TrialFailed(f"trial {trial.number}: {e}") from e
-        finally:
-            keras.backend.clear_session()
-        return max(cb.values) if direction == "maximize" else min(cb.values)
-
     t0 = time.perf_counter()
-    study.optimize(objective, n_trials=trials, timeout=timeout, catch=(TrialFailed,))
-    rows = _rows(study, metric, direction)
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    study.optimize(_objective(config, space, trials_dir, metric), n_trials=trials, timeout=timeout, catch=(TrialFailed,))
     result: dict[str, Any] = {
         "model": config.model, "data": config.data, "study_name": study.study_name, "sampler": sampler,
         "pruner": pruner, "metric": metric, "direction": direction, "seconds": round(time.perf_counter() - t0, 1),
-        "space": {n: s.model_dump(exclude_defaults=True) for n, s in space.items()}, "notes": notes or [],
-        "trials": rows, "importance": None, "best": None, "out_dir": str(out),
+        "space": {n: s.model_dump(exclude_defaults=True) for n, s in space.items()}, "notes": notes,
+        "trials": _rows(study, metric, direction), "importance": _importance(study, config.seed), "best": None,
+        "out_dir": str(out),
     }
-    if len(complete) >= 2 and len({json.dumps(t.params, sort_keys=True) for t in complete}) >= 2:
-        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=config.seed)
-        result["importance"] = {k: round(v, 4) for k, v in optuna.importance.get_param_importances(study, evaluator=evaluator).items()}
-    if complete:
-        best = study.best_trial
-        best_config = apply_params(config, {n: _decode(space, n, v) for n, v in best.params.items()})
-        path = out / "best_config.yaml"
-        path.write_text(
-            f"# best of {len(rows)} trials ({out}): trial {best.number}, {metric} {best.value:.4f}\n"
-            f"# python -m train.train --config {path}\n"
-            + yaml.safe_dump(best_config.model_dump(mode="json"), sort_keys=False)
-        )
-        result["best"] = {"trial": best.number, "value": best.value, "params": best.params, "config": str(path),
-                          "run_dir": best.user_attrs.get("run_dir")}
-        if keep == "best":
-            for t in study.trials:
-                run_dir = t.user_attrs.get("run_dir")
-                if t.number != best.number and run_dir:
-                    shutil.rmtree(run_dir, ignore_errors=True)
-        if train_best:
-            run_dir = run_training(best_config.model_copy(update={"runs_dir": str(out), "run_name": "best"}))
-            metrics = json.loads((run_dir / "metrics.json").read_text())
-            result["best_run"] = {"run_dir": str(run_dir),
-                                  **{f"{k}_accuracy": metrics[k]["accuracy"] for k in ("validation", "test") if metrics.get(k)}}
+    if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        result.update(_best(study, config, space, out, metric, keep, train_best))
     _write_results(result, out)
     return result
 
@@ -451,73 +484,3 @@ def format_result(result: dict[str, Any]) -> str:
         lines.append("best retrained: " + ", ".join(f"{k} {_fmt(v)}" for k, v in result["best_run"].items()))
     lines.append(f"written: {Path(result['out_dir']) / 'results.csv'}, results.json")
     return "\n".join(lines)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from train.train import build_parser as train_parser
-
-    p = train_parser()
-    p.prog = "python -m train.tune"
-    p.description = __doc__
-    g = p.add_argument_group("search")
-    g.add_argument("--trials", type=int, default=20, help="number of trials (default 20)")
-    g.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="tpe (default, seeded by --seed), random or grid")
-    g.add_argument("--space", help="search space file (YAML/JSON); default: seed 001 Table III")
-    g.add_argument("--epochs-max", type=int, help="largest epochs value of the default space (default 30)")
-    g.add_argument("--timeout", type=float, help="stop starting trials after S seconds")
-    g.add_argument("--pruner", choices=PRUNERS, default="median", help="stop bad trials early (default median)")
-    g.add_argument("--prune-startup", type=int, default=3, help="trials the median pruner waits for (default 3)")
-    g.add_argument("--metric", choices=list(METRICS), default="val_accuracy")
-    g.add_argument("--study-name", help="Optuna study name (resume it with the same --storage)")
-    g.add_argument("--storage", help="Optuna storage URL, e.g. sqlite:///tune.db (default: in memory)")
-    g.add_argument("--out", help="output directory (default: RUNS_DIR/tune-MODEL-TIME)")
-    g.add_argument("--keep", choices=KEEP, default="all", help="trial run directories to keep (default all)")
-    g.add_argument("--train-best", action="store_true", help="retrain the best config with full evaluation")
-    return p
-
-
-def _fixed_by_flags(space: Space, args: argparse.Namespace) -> tuple[Space, list[str]]:
-    """Drop the parameters a flag fixes (``--lr``, ``--model-kw width=1``); say which."""
-    from train.train import parse_model_kwargs
-
-    kw = parse_model_kwargs(args.model_kw)
-    fixed = [n for n in space if (kw.get(n.partition(".")[2]) is not None if n.startswith("model_kwargs.")
-                                  else getattr(args, n, None) is not None)]
-    return {n: s for n, s in space.items() if n not in fixed}, [f"{n}: fixed by a flag, not searched" for n in fixed]
-
-
-def main(argv: list[str] | None = None) -> int:
-    import optuna
-
-    from train.train import config_from_args
-
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    optuna.logging.set_verbosity(logging.WARNING if args.quiet else logging.INFO)
-    logging.getLogger("train.fit").setLevel(logging.WARNING)  # one model summary per trial is noise
-    if args.list_models:
-        from train.models import list_models, model_info
-
-        for name in list_models():
-            print(f"{name:<14} {model_info(name).get('description', '')}")
-        return 0
-    try:
-        if args.run_name:
-            raise ValueError("--run-name does not apply to train.tune: trials are OUT/trials/trial_NNN (see --out)")
-        if args.space and args.epochs_max is not None:
-            raise ValueError("--epochs-max shapes the default space; with --space set the epochs range in the file")
-        config = config_from_args(args)
-        if args.space:
-            space, notes = load_space(args.space), []
-        else:
-            space, notes = default_space(config.model, 30 if args.epochs_max is None else args.epochs_max)
-        space, fixed = _fixed_by_flags(space, args)
-        result = tune(config, space, trials=args.trials, sampler=args.sampler, pruner=args.pruner,
-                      prune_startup=args.prune_startup, metric=args.metric, timeout=args.timeout,
-                      study_name=args.study_name, storage=args.storage, out_dir=args.out, keep=args.keep,
-                      notes=notes + fixed, train_best=args.train_best)
-    except (DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_result(result))
-    return 0

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from train.config import AugmentConfig, TrainConfig
-from train.data import DataError, Dataset, load_dataset, stratified_sample, stratified_split
+from train.data.dataset import DataError, Dataset
+from train.data.load import load_dataset
+from train.data.splits import stratified_sample, stratified_split
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
-"""Model optimization for the edge: pruning, weight clustering, quantization-aware training and
-post-training quantization (TFLite converter), plus the measurements that go with them.
+"""Model optimization for the edge before conversion: pruning, weight clustering and
+quantization-aware training, plus the measures of what they did (zeros, distinct weights).
 
 Each step is a free function that takes a tf_keras model and returns a new one; the input model is
 never modified (its weights are copied first). The usual chain, as ``train.export`` runs it::
@@ -7,31 +7,21 @@ never modified (its weights are copied first). The usual chain, as ``train.expor
     model = prune(model, train, sparsity=0.8)          # prune_low_magnitude + fine-tune + strip
     model = cluster(model, train, clusters=16)         # optional, keeps the zeros
     model = quantize_aware(model, train)               # optional QAT, keeps zeros and clusters
-    tflite = convert(model, "full_int8", representative=calibration_set(train, 500))
 
-Models trained by ``train`` take raw 0..255 pixels (their first layer is a ``Rescaling``), so a
-calibration set is plain uint8 images and a full-integer model gets input scale 1, zero point 0.
+The conversion to TFLite (post-training quantization) is :mod:`train.export.conversion`.
 """
 from __future__ import annotations
 
-import gzip
 import logging
 import math
-import os
 import time
-from typing import Callable, Iterator, Literal
 
 import numpy as np
 
+# Re-exported: ``train.loop.retrain`` imports it from here (``train.export`` is its home now).
+from train.export.errors import DataProblem, OptionError
+
 logger = logging.getLogger(__name__)
-
-Quantization = Literal["full_int8", "float16", "float32", "dynamic_range"]
-QUANTIZATIONS: tuple[str, ...] = ("full_int8", "float16", "float32", "dynamic_range")
-IO_DTYPES: tuple[str, ...] = ("uint8", "int8", "float32")
-
-
-class CalibrationError(ValueError):
-    """The representative dataset for post-training quantization is empty or unusable."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -77,15 +67,10 @@ def _fit_data(train, batch_size: int, seed: int, training: bool = True):
     from train.data.pipeline import make_tf_dataset
 
     if train is None or len(train) == 0:
-        raise ValueError("fine-tuning needs a non-empty labelled training set")
+        raise DataProblem("fine-tuning needs a non-empty labelled training set")
     if train.y is None:
-        raise ValueError("fine-tuning needs labels; the training set is unlabelled")
+        raise DataProblem("fine-tuning needs labels; the training set is unlabelled")
     return make_tf_dataset(train, batch_size, training=training, seed=seed)
-
-
-def gzip_size(data: bytes) -> int:
-    """Size of ``data`` after gzip -9: what sparse/clustered weights buy on the wire."""
-    return len(gzip.compress(data, compresslevel=9))
 
 
 def layer_sparsity_targets(model, sparsity: float, min_layer_weights: int = 1000, cap: float = 0.98) -> dict[str, float]:
@@ -145,32 +130,6 @@ def _iter_layers(model):
             yield layer
 
 
-def tflite_weight_sparsity(model: bytes) -> float:
-    """Share of zero values in the constant weight tensors of a .tflite (int8/float weights)."""
-    from tensorflow.lite.tools import flatbuffer_utils as fu
-
-    obj = fu.convert_bytearray_to_object(bytearray(model))
-    total = zeros = 0
-    for sub in obj.subgraphs:
-        for op in sub.operators or []:
-            name = fu.opcode_to_name(obj, op.opcodeIndex)
-            if name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
-                continue
-            if op.inputs is None or len(op.inputs) < 2 or op.inputs[1] < 0:
-                continue
-            t = sub.tensors[op.inputs[1]]
-            data = obj.buffers[t.buffer].data
-            if data is None or len(data) == 0:
-                continue
-            width = {0: 4, 1: 2, 9: 1, 3: 1}.get(int(t.type))  # FLOAT32, FLOAT16, INT8, UINT8
-            if width is None:
-                continue
-            raw = np.asarray(data, dtype=np.uint8).reshape(-1, width)
-            total += len(raw)
-            zeros += int(np.count_nonzero(~raw.any(axis=1)))
-    return round(zeros / total, 4) if total else 0.0
-
-
 # --------------------------------------------------------------------------- pruning
 
 
@@ -204,9 +163,9 @@ def prune(
     :func:`sparsity_report`.
     """
     if not 0 < sparsity < 1:
-        raise ValueError(f"sparsity must be between 0 and 1 (exclusive), got {sparsity!r}")
+        raise OptionError(f"sparsity must be between 0 and 1 (exclusive), got {sparsity!r}")
     if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs!r}")
+        raise OptionError(f"epochs must be >= 1, got {epochs!r}")
     _, keras = _tf()
     import tensorflow_model_optimization as tfmot
 
@@ -301,7 +260,7 @@ def cluster(
     Centroids start linearly spaced: k-means++ fails on small, mostly-zero kernels.
     """
     if not isinstance(clusters, int) or clusters < 2:
-        raise ValueError(f"clusters must be an integer >= 2, got {clusters!r}")
+        raise OptionError(f"clusters must be an integer >= 2, got {clusters!r}")
     _, keras = _tf()
     import tensorflow_model_optimization as tfmot
 
@@ -416,7 +375,7 @@ def quantize_aware(
         if registry.supports(layer) or isinstance(layer, keras.layers.BatchNormalization):
             return q.quantize_annotate_layer(layer)
         if layer.weights:
-            raise ValueError(
+            raise OptionError(
                 f"quantization-aware training does not support layer {layer.name!r} ({type(layer).__name__}); "
                 "export without --qat (post-training quantization still works)"
             )
@@ -432,148 +391,3 @@ def quantize_aware(
     qat.fit(data, epochs=epochs, verbose=verbose)
     logger.info("quantization-aware training done (%s)", type(scheme).__name__)
     return qat
-
-
-# --------------------------------------------------------------------------- PTQ / conversion
-
-
-def calibration_set(ds, n: int = 500, seed: int = 42) -> np.ndarray:
-    """``n`` images (uint8, NHWC) drawn stratified by class from ``ds``: the PTQ representative set."""
-    from train.data import stratified_sample
-
-    if ds is None or len(ds) == 0:
-        raise CalibrationError("the calibration set is empty: the training split holds no images")
-    if not isinstance(n, (int, np.integer)) or n < 1:
-        raise CalibrationError(f"the calibration set is empty: --calibration-samples must be >= 1, got {n!r}")
-    n = int(min(n, len(ds)))
-    if n == len(ds):
-        return ds.x
-    if ds.y is None or n < ds.num_classes:
-        logger.warning("calibration set of %d images cannot hold every class; drawing it at random", n)
-        pick = np.sort(np.random.default_rng(seed).choice(len(ds), size=n, replace=False))
-        return ds.x[pick]
-    return stratified_sample(ds, n, seed=seed).x
-
-
-def representative_dataset(x: np.ndarray) -> Callable[[], Iterator[list[np.ndarray]]]:
-    """The converter's ``representative_dataset``: one float32 raw-pixel image per step."""
-    if x is None or len(x) == 0:
-        raise CalibrationError("the calibration set is empty")
-
-    def gen():
-        for i in range(len(x)):
-            yield [x[i : i + 1].astype(np.float32)]
-
-    return gen
-
-
-def convert(
-    model,
-    quantization: Quantization,
-    *,
-    representative: np.ndarray | None = None,
-    io_dtype: str = "uint8",
-    static_batch: bool = True,
-    per_channel_dense: bool = False,
-) -> bytes:
-    """Convert a tf_keras model (plain or QAT) to a .tflite flatbuffer.
-
-    - ``float32``: no optimization.
-    - ``float16``: FP16 weights, float32 input/output (GPU delegates compute in FP16).
-    - ``dynamic_range``: INT8 weights, float activations, no calibration.
-    - ``full_int8``: INT8 weights and activations, builtin INT8 ops only, ``io_dtype`` (uint8 or
-      int8) input and output; calibrated on ``representative`` (uint8 images), unless the model
-      is a QAT model, which carries its own ranges (``representative`` is then still used for
-      any tensor QAT did not cover).
-
-    Convolutions are quantized per channel; fully connected layers per tensor unless
-    ``per_channel_dense``. ``static_batch`` freezes the batch dimension to 1 (the Edge TPU needs static shapes; the
-    interpreter can still be resized on the host for batched evaluation).
-    """
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}; got {quantization!r}")
-    tf, _ = _tf()
-    shape = [1 if static_batch else None, *[int(d) for d in model.input_shape[1:]]]
-
-    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="pixels")])
-    def serve(pixels):
-        return model(pixels, training=False)
-
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], model)
-    if quantization == "full_int8" and not per_channel_dense:
-        # Per-tensor scales for fully connected layers, as TFLite always did and the Edge TPU
-        # expects; per-channel FC adds 12 bytes per output unit for weights and bias alike
-        # (5 KB, 8 % of an INT8 LeNet-5) for no measurable accuracy.
-        if hasattr(converter, "_experimental_disable_per_channel_quantization_for_dense_layers"):
-            converter._experimental_disable_per_channel_quantization_for_dense_layers = True
-        else:  # pragma: no cover - depends on the TensorFlow version
-            logger.info("this TensorFlow cannot switch off per-channel quantization of dense layers")
-    if quantization == "float16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif quantization == "dynamic_range":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif quantization == "full_int8":
-        if io_dtype not in ("uint8", "int8"):
-            raise ValueError(f"io_dtype for a full-integer model must be uint8 or int8, got {io_dtype!r}")
-        if representative is None or len(representative) == 0:
-            raise CalibrationError("full-integer quantization needs a non-empty calibration set")
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative_dataset(representative)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8 if io_dtype == "uint8" else tf.int8
-        converter.inference_output_type = tf.uint8 if io_dtype == "uint8" else tf.int8
-    t0 = time.perf_counter()
-    out = converter.convert()
-    logger.info("converted to %s: %d bytes in %.1f s", quantization, len(out), time.perf_counter() - t0)
-    return bytes(out)
-
-
-# --------------------------------------------------------------------------- running .tflite
-
-
-def io_details(model: bytes) -> dict:
-    """Shape, dtype and quantization of the first input and output, as the interpreter reports them."""
-    from sdk.runtime import make_interpreter
-
-    it = make_interpreter(model)
-
-    def one(d):
-        scale, zero = d["quantization"]
-        return {
-            "shape": [int(s) for s in d["shape"]],
-            "shape_signature": [int(s) for s in d.get("shape_signature", d["shape"])],
-            "dtype": np.dtype(d["dtype"]).name,
-            "quantization": {"scale": float(scale), "zero_point": int(zero)} if scale else None,
-        }
-
-    return {"input": one(it.get_input_details()[0]), "output": one(it.get_output_details()[0])}
-
-
-def predict_tflite(model: bytes, x: np.ndarray, *, batch_size: int = 256, num_threads: int | None = None) -> np.ndarray:
-    """Scores of a .tflite on raw-pixel images ``x``: :func:`sdk.batch.predict_batch` on a fresh
-    interpreter (batched, so 10k MNIST images take about a second)."""
-    from sdk.batch import predict_batch
-    from sdk.runtime import make_interpreter
-
-    return predict_batch(make_interpreter(model, num_threads=num_threads), x, batch_size=batch_size)
-
-
-def latency_tflite(
-    model: bytes, sample: np.ndarray, *, num_threads: int | None = None, runs: int = 200, warmup: int = 10, max_seconds: float = 10.0
-) -> dict:
-    """Batch-1 latency (ms) of a .tflite on this machine (:func:`sdk.batch.latency`), with the
-    interpreter package that ran it."""
-    from sdk.batch import latency
-    from sdk.runtime import backend_name, make_interpreter
-
-    lat = latency(make_interpreter(model, num_threads=num_threads), sample[:1], runs=runs, warmup=warmup,
-                  max_seconds=max_seconds)
-    lat.pop("fps")
-    return {"runtime": backend_name(), "threads": num_threads, **lat}
-
-
-def measuring_threads(requested: int | None) -> int:
-    """Threads to use for measurements here: the requested count, at most this machine's cores."""
-    cores = os.cpu_count() or 1
-    return max(1, min(requested or cores, cores))

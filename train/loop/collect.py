@@ -1,37 +1,26 @@
 """Collect the uncertain frames devices send back (``<prefix>/v1/+/sample``) into a feedback store.
 
-    python -m train.collect --broker mqtt.local:1883 --out feedback/
-    python -m train.collect --broker HOST:8883 --out feedback/ --ca-certs ca.pem --group site-a --max-mb 500
+:class:`Collector` is an MQTT 5 subscriber (paho) that puts every sample into a
+:class:`~train.loop.store.FeedbackStore`; ``python -m train.collect`` (train/collect.py) is its
+command line. Nothing is lost while the collector is down or when it crashes:
 
-Nothing is lost while the collector is down or when it crashes:
-
-- MQTT 5 with ``clean_start=False``, a Session Expiry Interval (``--session-expiry``, 7 days) and a
+- MQTT 5 with ``clean_start=False``, a Session Expiry Interval (``session_expiry``, 7 days) and a
   stable client id: the broker keeps the subscription and queues QoS 1 samples for it while it is
   away, and hands them over when it returns;
 - manual acknowledgement: a sample is acknowledged (PUBACK) only once it is committed to the
   store, or judged a duplicate or invalid, so one received just before a crash is redelivered.
 
-A shared subscription (``$share/<group>/...``, ``--group``) lets several collectors split the
-samples; ``--no-share`` subscribes plainly (every collector gets every sample). Invalid payloads
+A shared subscription (``$share/<group>/...``, ``group``) lets several collectors split the
+samples; ``group=None`` subscribes plainly (every collector gets every sample). Invalid payloads
 are logged with their topic, device and reason, counted, acknowledged (never retried) and kept in
-``<out>/rejected/`` up to ``--rejected-mb``. A storage failure (disk full) is logged and the sample
-left unacknowledged: the broker redelivers it after the next reconnect.
-
-The library twin is :class:`Collector`. Exit codes: 0 ok (also on SIGTERM/SIGINT), 1 ``--timeout``
-reached before ``--max-messages``, 2 bad arguments (broker address, TLS files, output folder),
-10 the broker's TLS certificate is not trusted (unknown CA, expired), 11 it is issued for another host
-name (the same codes as ``edge-classify``).
+``rejected_dir`` up to ``rejected_max_bytes``. A storage failure (disk full) is logged and the
+sample left unacknowledged: the broker redelivers it after the next reconnect.
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import logging
-import signal
-import socket
-import sqlite3
-import sys
 import threading
 import time
 from pathlib import Path
@@ -40,10 +29,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from sdk.mqtt import TlsSettings, credentials_from_env, parse_broker
-from sdk.mqtt_args import add_credential_arguments, add_tls_arguments, tls_from_args
-from sdk.topics import DEFAULT_PREFIX, all_devices, check_prefix, check_segment, device_of
-from train.loop.store import FeedbackError, FeedbackStore
+from sdk.mqtt import TlsSettings
+from sdk.topics import DEFAULT_PREFIX, all_devices, check_prefix, device_of, shared
+from train.loop.samples import FeedbackError
+from train.loop.store import FeedbackStore
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +54,12 @@ class Collector:
         if not client_id:
             raise ValueError("client_id must be set and stable across restarts (the broker keys the session on it)")
         check_prefix(prefix)
-        if group is not None:
-            check_segment(group, "shared-subscription group")
         self.store = store
         self.client_id = client_id
         self.host, self.port = host, port
         self.prefix = prefix
         self.topic_filter = all_devices("sample", prefix)
-        self.subscription = f"$share/{group}/{self.topic_filter}" if group else self.topic_filter
+        self.subscription = shared(group, self.topic_filter) if group is not None else self.topic_filter
         self.rejected_dir = rejected_dir
         self.rejected_max_bytes = rejected_max_bytes
         self.received = self.stored = self.duplicates = self.invalid = self.errors = 0
@@ -258,116 +245,3 @@ class Collector:
                     p.unlink(missing_ok=True)
         except OSError as e:
             logger.warning("could not keep the rejected payload in %s: %s", self.rejected_dir, e)
-
-
-# -- CLI -------------------------------------------------------------------------------------
-def _number(kind: type, minimum: float, strict: bool = False):
-    """An argparse type: ``kind`` (int or float) at least ``minimum`` (above it when ``strict``)."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}: {text!r}") from None
-        if value < minimum or (strict and value == minimum):
-            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {minimum} (got {text})")
-        return value
-    return parse
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train.collect", description=__doc__.split("\n\n")[0],
-                                epilog="Exit codes:" + __doc__.split("Exit codes:")[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--broker", required=True, help="MQTT broker HOST:PORT (port defaults to 1883)")
-    p.add_argument("--out", required=True, type=Path, help="feedback store folder (created if missing)")
-    p.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"topic prefix the devices use (default: {DEFAULT_PREFIX})")
-    p.add_argument("--group", default="collectors", help="shared-subscription group (default: collectors)")
-    p.add_argument("--no-share", action="store_true", help="plain subscription: this collector gets every sample")
-    p.add_argument("--client-id", help="stable MQTT client id (default: edgeclf-collector-<group>-<host name>)")
-    p.add_argument("--session-expiry", type=_number(int, 0), default=WEEK_S,
-                   help="seconds the broker keeps the session and queues samples while away (default: 7 days)")
-    p.add_argument("--max-samples", type=_number(int, 1),
-                   help="keep at most this many samples (the oldest pending ones go first)")
-    p.add_argument("--max-mb", type=_number(float, 0, strict=True), help="keep at most this many MB of images")
-    p.add_argument("--labels", type=Path, help="labels.txt (one per line, model index order) the labels must be from")
-    p.add_argument("--dedup-distance", type=_number(int, 0), default=4,
-                   help="perceptual-hash bits under which a sample is a duplicate of a recent one (default: 4)")
-    p.add_argument("--rejected-mb", type=_number(float, 0), default=10.0,
-                   help="keep invalid payloads in <out>/rejected/ up to this many MB (0: do not keep; default: 10)")
-    g = p.add_argument_group("TLS and credentials (the same flags as train.publish and edge-classify)")
-    add_tls_arguments(g)
-    add_credential_arguments(g)
-    # the spellings of earlier releases, kept working
-    for old, dest in (("--tls-ca", "ca_certs"), ("--tls-cert", "certfile"), ("--tls-key", "keyfile")):
-        p.add_argument(old, dest=dest, help=argparse.SUPPRESS)
-    p.add_argument("--max-messages", type=_number(int, 1),
-                   help="exit after handling this many messages (scripted runs)")
-    p.add_argument("--timeout", type=_number(float, 0, strict=True), help="exit after this many seconds")
-    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    return p
-
-
-def _read_labels(p: argparse.ArgumentParser, path: Path | None) -> list[str] | None:
-    if path is None:
-        return None
-    try:
-        labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except OSError as e:
-        p.error(f"--labels {path}: cannot read ({e.strerror})")
-    if not labels:
-        p.error(f"--labels {path}: no labels in it (expected one per line)")
-    return labels
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = _parser()
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        host, port = parse_broker(args.broker)
-    except ValueError as e:
-        p.error(f"--broker: {e}")
-    try:
-        tls = tls_from_args(args)
-    except ValueError as e:
-        p.error(str(e))
-    labels = _read_labels(p, args.labels)
-    user, password = credentials_from_env(args.username_env, args.password_env)
-    try:
-        store = FeedbackStore(args.out, labels=labels, max_samples=args.max_samples,
-                              max_bytes=int(args.max_mb * 1e6) if args.max_mb else None,
-                              dedup_distance=args.dedup_distance)
-    except (OSError, sqlite3.Error, FeedbackError) as e:
-        p.error(f"--out {args.out}: cannot use it as a feedback store ({e})")
-    group = None if args.no_share else args.group
-    client_id = args.client_id or f"edgeclf-collector-{group or 'all'}-{socket.gethostname()}"
-    try:
-        collector = Collector(store, host, port, client_id=client_id, prefix=args.prefix, group=group,
-                              session_expiry=args.session_expiry, tls=tls, username=user, password=password,
-                              rejected_dir=args.out / "rejected", rejected_max_bytes=int(args.rejected_mb * 1e6))
-    except ValueError as e:
-        p.error(str(e))
-
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    deadline = time.monotonic() + args.timeout if args.timeout else None
-    code = 0
-    with store, collector:
-        logger.info("collecting %s from %s:%d into %s", collector.subscription, host, port, args.out)
-        while not stop.is_set():
-            if collector.fatal is not None:
-                print(f"train.collect: error: {collector.fatal}", file=sys.stderr)
-                code = collector.fatal.exit_code
-                break
-            if args.max_messages and collector.handled >= args.max_messages:
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                if args.max_messages:
-                    logger.error("timed out after %.0f s with %d of %d messages", args.timeout, collector.handled,
-                                 args.max_messages)
-                    code = 1
-                break
-            stop.wait(0.1)
-    return code

@@ -1,31 +1,23 @@
 """Label the samples a collector stored: keyboard-driven, one pending sample at a time.
 
-    python -m train.label feedback/                      # label pending samples
-    python -m train.label feedback/ --import labels.csv  # bulk labels (columns id|image, label)
-    python -m train.label feedback/ --summary            # counts per status and per label
-    python -m train.label feedback/ --export-folder out/ # labelled samples as an image folder
-
-Each sample is shown with its id, device, model version, the reasons it was sent, the model's
-top-k guesses, and the model input (or the frame) as terminal art; ``--window`` also opens an
-OpenCV window when a display exists. Then one line is read from stdin, so a script can drive it
-(the keys are in :data:`KEYS`, and ``?`` shows them).
-
-Exit codes: 0 ok, 1 a CSV import left bad rows out (the good ones are applied), 2 bad arguments
-(not a feedback store, unreadable CSV, export folder not empty).
+:func:`label_session` shows each pending sample with its id, device, model version, the reasons
+it was sent, the model's top-k guesses, and the model input (or the frame) as terminal art
+(``window=True`` also opens an OpenCV window when a display exists), then reads one line, so a
+script can drive it (the keys are in :data:`KEYS`, and ``?`` shows them). The command line is
+``python -m train.label`` (train/label.py).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TextIO
 
 import cv2
 import numpy as np
 
-from train.loop.store import FeedbackError, FeedbackStore, Sample
+from train.loop.samples import FeedbackError, Sample
+from train.loop.store import FeedbackStore
 
 KEYS = """\
   Enter   accept the model's guess
@@ -194,42 +186,3 @@ def summary(store: FeedbackStore) -> str:
         width = max(len(x) for x in c["labels"])
         lines += [f"  {label:<{width}}  {n}" for label, n in c["labels"].items()]
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None, inp: TextIO = sys.stdin, out: TextIO = sys.stdout) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.label", description=__doc__.split("\n\n")[0],
-                                epilog=f"keys in a labelling session:\n{KEYS}\n\n" + __doc__.split("\n\n")[-1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("store", type=Path, help="feedback store folder (written by python -m train.collect)")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--import", dest="import_csv", type=Path, metavar="CSV",
-                      help="apply labels from a CSV with columns id (or image) and label")
-    mode.add_argument("--summary", action="store_true", help="print counts per status and per label")
-    mode.add_argument("--export-folder", type=Path, metavar="OUT",
-                      help="write the labelled samples as OUT/<label>/<id>.png for train.data.load_dataset")
-    p.add_argument("--by", default="cli", help="who labels (stored with each label; default: cli)")
-    p.add_argument("--limit", type=int, help="label at most this many samples")
-    p.add_argument("--window", action="store_true", help="also show each sample in an OpenCV window")
-    args = p.parse_args(argv)
-    if not (args.store / "index.sqlite").is_file():
-        p.error(f"{args.store}: not a feedback store (no index.sqlite); collect into it with python -m train.collect")
-    with FeedbackStore(args.store) as store:
-        try:
-            if args.summary:
-                print(summary(store), file=out)
-            elif args.import_csv:
-                report = store.import_labels_csv(args.import_csv, by=args.by)
-                print(f"{args.import_csv}: {report.applied} labels applied, {len(report.errors)} rows left out",
-                      file=out)
-                for err in report.errors:
-                    print(f"  {err}", file=out)
-                return 1 if report.errors else 0
-            elif args.export_folder:
-                counts = store.export_folder(args.export_folder)
-                print(f"{args.export_folder}: {sum(counts.values())} images in {len(counts)} label folders", file=out)
-            else:
-                tally = label_session(store, inp, out, by=args.by, limit=args.limit, window=args.window)
-                print(f"\n{tally}", file=out)
-        except FeedbackError as e:
-            p.error(str(e))
-    return 0

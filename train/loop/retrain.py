@@ -1,50 +1,40 @@
 """Fine-tune a trained run on labelled feedback without forgetting what it knew, then export.
 
-    python -m train.retrain --base runs/lenet5-mnist --feedback feedback/ --bundle bundles/rpi
-    python -m train.retrain --base runs/X --feedback feedback/ --target coral --ewc 200
-    python -m train.retrain --base runs/X --feedback extra_digits/ --no-replay --no-export
+The library of ``python -m train.retrain`` (its doc says what the job does, flag by flag):
+:func:`load_feedback` turns a feedback store (or any dataset) into model inputs,
+:func:`split_feedback` holds part of it out to judge on, :func:`finetune` mixes it with replay
+(and EWC), and :func:`retrain` runs the whole job: a new run directory, ``retrain.json``, a bundle.
 
-``--feedback`` is a store written by ``train.collect`` and labelled with ``train.label`` (only
-labelled samples are used; each sample's ``model_input``, what the device's preprocessing fed
-the model, is the training image) or any dataset ``train.data.load_dataset`` reads.
-
-The labelled samples are split (stratified, seeded) into a part to learn from and a held-out
-part to judge on. Fine-tuning mixes the learning part with a replay set drawn (stratified) from
-the base run's own training split, so the classes it knew are rehearsed while the new domain is
-learnt; ``--feedback-share`` is the share of each epoch that comes from the feedback (by
-oversampling it). ``--ewc LAMBDA`` adds elastic weight consolidation (Kirkpatrick et al. 2017):
-a penalty ``LAMBDA/2 * sum F_i (w_i - w*_i)^2`` with ``F`` the diagonal Fisher information of the
-base model on its training data.
-
-The report (``retrain.json`` in the new run directory, and printed) gives accuracy on the base
-run's validation and test sets and on the feedback's held-out part, before and after. The new run
-is exported with the target of ``--bundle`` (the bundle the devices run now; its name is kept and
-the version is the new run's) or ``--target``.
-
-Exit codes: 0 ok, 2 bad arguments, 3 base run not found, 5 feedback unusable (none labelled,
-unknown labels, wrong image size), 6 forgetting above ``--max-forgetting`` or an exported artefact
-below the export accuracy gate (everything is still written), 1 anything else.
+A stored sample's ``model_input`` (what the device fed the model) is its training image as it
+is. A frame without one (a device sends none larger than 64x64x3 values) or with one of another shape
+goes through the device's own preprocessing, :class:`sdk.preprocess.Preprocessor` built from
+the base bundle's manifest (colour, resize mode, polarity, digit mode), with a device config's
+``preprocess`` settings (mode, region of interest, invert) on top when given: samples do not
+record those.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
+from sdk.bundle import BundleError, InputSpec, Manifest, load_manifest
+from sdk.config import PreprocessSettings
+from sdk.preprocess import Preprocessor
 from train.data import DataError, Dataset, load_dataset, stratified_sample
+from train.errors import UsageError
+from train.loop.store import FeedbackStore
 from train.runs import MODEL_FILE, Run, RunError, load_run, mark_latest
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_RUN, EXIT_DATA, EXIT_GATE = 0, 1, 2, 3, 5, 6
 REPORT_FILE = "retrain.json"
 
 
@@ -64,56 +54,78 @@ class RetrainSettings:
 # --------------------------------------------------------------------------------------------
 # Feedback -> Dataset
 # --------------------------------------------------------------------------------------------
-def _fit_image(img: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    import cv2
+def frame_preprocessor(input_shape: tuple[int, int, int], manifest: Manifest | None = None,
+                       settings: PreprocessSettings | None = None) -> Preprocessor:
+    """The device's preprocessing of a frame, at the run's input size (height, width, channels).
 
-    h, w, c = shape
-    if img.ndim == 3 and img.shape[-1] == 1:
-        img = img[..., 0]
-    if c == 1 and img.ndim == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
-    elif c == 3 and img.ndim == 2:
+    ``manifest``: the bundle the devices ran (its colour, resize mode, polarity and digit mode);
+    ``settings``: their config's ``preprocess`` section (mode, ROI, invert). Without a manifest, a
+    plain stretch resize in the run's colour, never inverted.
+    """
+    h, w, c = input_shape
+    shape = [1, h, w, c]
+    if manifest is not None:
+        spec = manifest.input.model_copy(update={"shape": shape})
+    else:
+        spec = InputSpec(shape=shape, dtype="float32", colour="rgb" if c == 3 else "grey")
+    s = settings or PreprocessSettings()
+    # Only Preprocessor.image() is used (the run's model takes raw pixels), so the dtype is moot.
+    detail = {"shape": shape, "dtype": np.float32, "quantization": (0.0, 0)}
+    return Preprocessor(spec, detail, mode=s.mode, roi=s.roi, invert=s.invert)
+
+
+def model_image(pre: Preprocessor, frame: np.ndarray) -> np.ndarray:
+    """A frame as the model's uint8 HxWxC picture (0..255, before normalization), as ``pre`` makes it."""
+    img = pre.image(frame)
+    if img.ndim == 2 and pre.channels == 3:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    elif c == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    if img.shape[:2] != (h, w):
-        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-    return img.reshape(h, w, c).astype(np.uint8)
+    elif img.ndim == 3 and pre.channels == 1:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    return img.reshape(pre.height, pre.width, pre.channels)
 
 
-def load_feedback(spec: str | Path, class_names: list[str], input_shape: tuple[int, int, int]) -> Dataset:
+def _fits(img: np.ndarray, shape: tuple[int, int, int]) -> bool:
+    return img.shape[:2] == tuple(shape[:2]) and (img.shape[2] if img.ndim == 3 else 1) == shape[2]
+
+
+def _store_dataset(path: Path, class_names: list[str], pre: Preprocessor, from_manifest: bool) -> Dataset:
+    with FeedbackStore(path) as store:
+        samples = store.labelled()
+    if not samples:
+        raise DataError(f"{path}: no labelled samples yet; label them with python -m train.label {path}")
+    unknown = sorted({s.label for s in samples} - set(class_names))
+    if unknown:
+        raise DataError(f"{path}: labels {unknown} are not classes of the base model; valid: {class_names} "
+                        "(adding classes needs a new training run)")
+    shape = (pre.height, pre.width, pre.channels)
+    xs, from_frames = [], 0
+    for s in samples:
+        img = s.model_input()
+        if img is None or not _fits(img, shape):
+            img, from_frames = model_image(pre, s.image()), from_frames + 1
+        xs.append(img.reshape(shape).astype(np.uint8, copy=False))
+    if from_frames:
+        how = "the bundle's preprocessing" if from_manifest else "a plain resize (no bundle given)"
+        log = logger.info if from_manifest else logger.warning
+        log("%d of %d feedback samples had no model input of shape %s; their frames went through %s",
+            from_frames, len(samples), shape, how)
+    return Dataset(np.stack(xs), np.array([class_names.index(s.label) for s in samples]), class_names,
+                   source=str(path), ids=np.array([s.id for s in samples]), groups=np.array([s.device for s in samples]))
+
+
+def load_feedback(spec: str | Path, class_names: list[str], input_shape: tuple[int, int, int], *,
+                  manifest: Manifest | None = None, preprocess: PreprocessSettings | None = None) -> Dataset:
     """Labelled feedback as a Dataset in the model's input space.
 
     A ``train.collect`` store (a folder with ``index.sqlite``) gives its labelled samples, each as
-    the ``model_input`` the device saw (or the frame fitted to the input when the device did not
-    send one); anything else goes through ``load_dataset``. Labels must be among ``class_names``.
+    the ``model_input`` the device saw, or its frame through :func:`frame_preprocessor` (``manifest``,
+    ``preprocess``) when the device sent none of the input's shape; anything else goes through
+    ``load_dataset``. Labels must be among ``class_names``.
     """
     path = Path(spec)
     if (path / "index.sqlite").is_file():
-        from train.loop.store import FeedbackStore
-
-        samples = FeedbackStore(path).labelled()
-        if not samples:
-            raise DataError(f"{path}: no labelled samples yet; label them with python -m train.label {path}")
-        unknown = sorted({s.label for s in samples} - set(class_names))
-        if unknown:
-            raise DataError(f"{path}: labels {unknown} are not classes of the base model; valid: {class_names} "
-                            "(adding classes needs a new training run)")
-        xs, ys, ids, groups = [], [], [], []
-        fitted = 0
-        for s in samples:
-            img = s.model_input()
-            if img is None or img.shape[:2] != input_shape[:2]:
-                img, fitted = s.image(), fitted + 1
-            xs.append(_fit_image(img, input_shape))
-            ys.append(class_names.index(s.label))
-            ids.append(s.id)
-            groups.append(s.device)
-        if fitted:
-            logger.warning("%d of %d feedback samples had no model input of shape %s; their frames were resized",
-                           fitted, len(samples), input_shape)
-        return Dataset(np.stack(xs), np.array(ys), class_names, source=str(path), ids=np.array(ids),
-                       groups=np.array(groups))
+        pre = frame_preprocessor(input_shape, manifest, preprocess)
+        return _store_dataset(path, class_names, pre, from_manifest=manifest is not None)
     ds = load_dataset(str(path), image_size=input_shape[:2], colour="rgb" if input_shape[-1] == 3 else "grey")
     if ds.y is None:
         raise DataError(f"{path}: the feedback has no labels")
@@ -172,7 +184,7 @@ def _oversample(ds: Dataset, n: int, rng) -> Dataset:
     return ds.subset(rng.permutation(np.concatenate(reps)))
 
 
-def _mix(learn: Dataset, replay: Dataset | None, share: float, seed: int, epoch_size: int) -> Dataset:
+def mix_epoch(learn: Dataset, replay: Dataset | None, share: float, seed: int, epoch_size: int) -> Dataset:
     """One epoch of ``epoch_size`` images: ``share`` of them feedback (oversampled), the rest replay.
 
     Without replay the whole epoch is feedback, so both variants take the same number of steps.
@@ -213,7 +225,7 @@ def finetune(model, learn: Dataset, replay: Dataset | None, settings: RetrainSet
                                            for f, w, a in zip(fisher, weights, anchors)])
 
         model.add_loss(ewc_penalty)
-    data = _mix(learn, replay, settings.feedback_share, settings.seed, epoch_size(len(learn), settings))
+    data = mix_epoch(learn, replay, settings.feedback_share, settings.seed, epoch_size(len(learn), settings))
     model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     hist = model.fit(make_tf_dataset(data, settings.batch_size, training=True, seed=settings.seed),
@@ -256,81 +268,122 @@ def _evaluate_all(model, splits: dict, held_out: Dataset | None, learn: Dataset)
     }
 
 
-def retrain(base: str | Path | Run, feedback: str | Path, *, settings: RetrainSettings | None = None,
-            replay: bool = True, out_dir: str | Path | None = None, run_name: str | None = None,
-            bundle: str | Path | None = None, target: str | None = None, export: bool = True,
-            version: str | None = None, max_forgetting: float = 0.5, export_kwargs: dict | None = None) -> RetrainResult:
-    """Fine-tune ``base`` on ``feedback``, write a new run (and a bundle); see the module doc.
+def _open_base(base: str | Path | Run, bundle: str | Path | None) -> tuple[Run, Manifest | None]:
+    """The base run, and the manifest of the bundle the devices run now (when given)."""
+    run = base if isinstance(base, Run) else load_run(base)
+    if bundle is None:
+        return run, None
+    try:
+        return run, load_manifest(bundle)
+    except BundleError as e:
+        raise RunError(str(e)) from e
 
-    ``max_forgetting`` (percentage points): the largest drop of the base run's test accuracy (its
-    validation accuracy when it has no test set) accepted; a larger one is listed in
-    ``RetrainResult.failures``. Raises ``RunError`` and ``DataError`` for unusable input.
-    """
+
+def _replay_set(original: Dataset, n_learn: int, s: RetrainSettings) -> Dataset:
+    """A stratified sample of the base run's training split: the replay part of every epoch."""
+    size = epoch_size(n_learn, s)
+    n = size - int(round(s.feedback_share * size))
+    return stratified_sample(original, min(n, len(original)), seed=s.seed)
+
+
+def _write_run(run: Run, model, run_dir: Path, fit_seconds: float) -> None:
+    """The new run directory: model, config, labels and run.json (with ``parent_run``)."""
     from train._tf import keras
 
-    s = settings or RetrainSettings()
-    t0 = time.perf_counter()
-    run = base if isinstance(base, Run) else load_run(base)
-    base_manifest = None
-    if bundle is not None:
-        from sdk.bundle import BundleError, load_manifest
-
-        try:
-            base_manifest = load_manifest(bundle)
-        except BundleError as e:
-            raise RunError(str(e)) from e
-        target = target or base_manifest.target
-    if export and target is None:
-        raise ValueError("say where the new model goes: --bundle BUNDLE (the bundle devices run now) or --target T, "
-                         "or --no-export")
-    class_names, input_shape = run.class_names, run.input_shape
-    fb = load_feedback(feedback, class_names, input_shape)
-    learn, held_out = split_feedback(fb, s.holdout, s.seed)
-    logger.info("feedback %s: %d labelled, %d to learn from, %d held out", feedback, len(fb), len(learn),
-                len(held_out) if held_out is not None else 0)
-
-    splits = run.splits()
-    original = splits["train"]
-    replay_set = None
-    if replay:
-        n = epoch_size(len(learn), s) - int(round(s.feedback_share * epoch_size(len(learn), s)))
-        replay_set = stratified_sample(original, min(n, len(original)), seed=s.seed)
-
-    model = keras.models.load_model(run.model_path)
-    before = _evaluate_all(model, splits, held_out, learn)
-    t_fit = time.perf_counter()
-    history = finetune(model, learn, replay_set, s, fisher_data=original)
-    fit_seconds = time.perf_counter() - t_fit
-    after = _evaluate_all(model, splits, held_out, learn)
-
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    root = Path(out_dir) if out_dir is not None else run.path.parent
-    run_dir = root / (run_name or f"{run.path.name}-retrain-{stamp}")
     run_dir.mkdir(parents=True, exist_ok=False)
     # Saved without the EWC penalty: it only matters while fine-tuning.
     clean = keras.models.clone_model(model) if model.losses else model
     if clean is not model:
         clean.set_weights(model.get_weights())
     clean.save(run_dir / MODEL_FILE)
-    (run_dir / "config.json").write_text(run.config.model_copy(update={"run_name": run_dir.name}).model_dump_json(indent=2) + "\n")
-    (run_dir / "labels.txt").write_text("\n".join(class_names) + "\n")
+    config = run.config.model_copy(update={"run_name": run_dir.name})
+    (run_dir / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
+    (run_dir / "labels.txt").write_text("\n".join(run.class_names) + "\n")
     info = dict(run.info)
     info.update({"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "parent_run": str(run.path),
                  "train_seconds": round(fit_seconds, 2), "retrain": True})
     (run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
 
+
+def _forgetting(before: dict, after: dict, max_forgetting: float) -> tuple[str, float, list[str]]:
+    """``(split, drop in points, failures)``: the base test accuracy (validation without a test set)."""
     key = "original_test" if before["original_test"] is not None else "original_val"
     drop_pt = (before[key] - after[key]) * 100
     failures = []
     if drop_pt > max_forgetting:
         failures.append(f"{key} accuracy fell by {drop_pt:.2f} pt (from {before[key]:.4f} to {after[key]:.4f}); "
                         f"--max-forgetting is {max_forgetting} pt")
+    return key, drop_pt, failures
+
+
+def _counts(fb: Dataset, learn: Dataset, held_out: Dataset | None) -> dict[str, Any]:
+    return {"labelled": len(fb), "learn": len(learn), "held_out": len(held_out) if held_out is not None else 0,
+            "per_class": {fb.class_names[c]: int(n) for c, n
+                          in enumerate(np.bincount(fb.y, minlength=len(fb.class_names))) if n}}
+
+
+def _export(run_dir: Path, target: str, splits: dict, calib: Dataset, learn: Dataset, base_manifest: Manifest | None,
+            version: str | None, export_kwargs: dict | None):
+    """Export the new run for ``target``, calibrated on both domains (original training images and feedback)."""
+    from train.export import export_bundle
+
+    calib = Dataset(np.concatenate([calib.x, learn.x]), np.concatenate([calib.y, learn.y]), learn.class_names)
+    kw = dict(export_kwargs or {})
+    if base_manifest is not None:
+        kw.setdefault("name", base_manifest.name)
+        kw.setdefault("preprocess", base_manifest.input.preprocess)
+        if base_manifest.num_threads:
+            kw.setdefault("threads", base_manifest.num_threads)
+    return export_bundle(target, run_dir, run_dir / "bundles" / target, version=version or run_dir.name,
+                         splits={"train": calib, "val": splits["val"], "test": splits["test"]}, **kw)
+
+
+def retrain(base: str | Path | Run, feedback: str | Path, *, settings: RetrainSettings | None = None,
+            replay: bool = True, out_dir: str | Path | None = None, run_name: str | None = None,
+            bundle: str | Path | None = None, target: str | None = None, export: bool = True,
+            version: str | None = None, max_forgetting: float = 0.5, export_kwargs: dict | None = None,
+            preprocess: PreprocessSettings | None = None) -> RetrainResult:
+    """Fine-tune ``base`` on ``feedback``, write a new run (and a bundle); see the module doc.
+
+    ``bundle``: the bundle the devices run now (its manifest preprocesses stored frames; its target,
+    name, preprocessing mode and threads are kept for the export). ``preprocess``: the devices'
+    config's ``preprocess`` section, for frames. ``max_forgetting`` (percentage points): the largest
+    drop of the base run's test accuracy (its validation accuracy when it has no test set) accepted;
+    a larger one is listed in ``RetrainResult.failures``, as are export gate failures. Raises
+    ``RunError`` (base run or bundle unusable), ``DataError`` / ``FeedbackError`` (feedback unusable)
+    and ``UsageError`` (nowhere to export to).
+    """
+    from train._tf import keras
+
+    s = settings or RetrainSettings()
+    t0 = time.perf_counter()
+    run, base_manifest = _open_base(base, bundle)
+    target = target or (base_manifest.target if base_manifest is not None else None)
+    if export and target is None:
+        raise UsageError("say where the new model goes: --bundle BUNDLE (the bundle devices run now) or --target T, "
+                         "or --no-export")
+    fb = load_feedback(feedback, run.class_names, run.input_shape, manifest=base_manifest, preprocess=preprocess)
+    learn, held_out = split_feedback(fb, s.holdout, s.seed)
+    logger.info("feedback %s: %d labelled, %d to learn from, %d held out", feedback, len(fb), len(learn),
+                len(held_out) if held_out is not None else 0)
+    splits = run.splits()
+    replay_set = _replay_set(splits["train"], len(learn), s) if replay else None
+
+    model = keras.models.load_model(run.model_path)
+    before = _evaluate_all(model, splits, held_out, learn)
+    t_fit = time.perf_counter()
+    history = finetune(model, learn, replay_set, s, fisher_data=splits["train"])
+    fit_seconds = time.perf_counter() - t_fit
+    after = _evaluate_all(model, splits, held_out, learn)
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    run_dir = (Path(out_dir) if out_dir is not None else run.path.parent) / (run_name or f"{run.path.name}-retrain-{stamp}")
+    _write_run(run, model, run_dir, fit_seconds)
+    key, drop_pt, failures = _forgetting(before, after, max_forgetting)
     report: dict[str, Any] = {
         "base_run": str(run.path), "run": str(run_dir), "feedback": str(feedback),
         "settings": {**s.__dict__, "replay": len(replay_set) if replay_set is not None else 0},
-        "feedback_counts": {"labelled": len(fb), "learn": len(learn), "held_out": len(held_out) if held_out is not None else 0,
-                            "per_class": {class_names[c]: int(n) for c, n
-                                          in enumerate(np.bincount(fb.y, minlength=len(class_names))) if n}},
+        "feedback_counts": _counts(fb, learn, held_out),
         "before": before, "after": after, "forgetting_pt": round(drop_pt, 3), "forgetting_on": key,
         "gain_held_out_pt": None if before["feedback_held_out"] is None
         else round((after["feedback_held_out"] - before["feedback_held_out"]) * 100, 3),
@@ -340,24 +393,12 @@ def retrain(base: str | Path | Run, feedback: str | Path, *, settings: RetrainSe
 
     bundle_out = None
     if export:
-        from train.export import export_bundle
-
-        # Calibrate the quantization on both domains: the original training split and the feedback.
-        calib = original if replay_set is None else replay_set
-        calib = Dataset(np.concatenate([calib.x, learn.x]), np.concatenate([calib.y, learn.y]), class_names)
-        kw = dict(export_kwargs or {})
-        if base_manifest is not None:
-            kw.setdefault("name", base_manifest.name)
-            kw.setdefault("preprocess", base_manifest.input.preprocess)
-            if base_manifest.num_threads:
-                kw.setdefault("threads", base_manifest.num_threads)
-        result = export_bundle(target, run_dir, run_dir / "bundles" / target, version=version or run_dir.name,
-                               splits={"train": calib, "val": splits["val"], "test": splits["test"]}, **kw)
+        result = _export(run_dir, target, splits, replay_set if replay_set is not None else splits["train"], learn,
+                         base_manifest, version, export_kwargs)
         bundle_out = result.bundle_dir
         failures += [f"export gate: {f}" for f in result.failures]
-        report["bundle"] = str(bundle_out)
-        report["bundle_version"] = result.manifest.version
-        report["export_failures"] = result.failures
+        report.update({"bundle": str(bundle_out), "bundle_version": result.manifest.version,
+                       "export_failures": result.failures})
     report["total_seconds"] = round(time.perf_counter() - t0, 2)
     report["failures"] = failures
     (run_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
@@ -385,71 +426,3 @@ def format_report(report: dict) -> str:
     lines += [f"FAILED: {f}" for f in report.get("failures", [])]
     return "\n".join(lines)
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train.retrain", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base", required=True, help="the training run the devices' model came from")
-    p.add_argument("--feedback", required=True, help="a train.collect store, or any dataset train.data reads")
-    p.add_argument("--bundle", help="the bundle the devices run now: its target and name are reused")
-    p.add_argument("--target", help="export target when no --bundle is given (rpi, coral, jetson, cpu)")
-    p.add_argument("--no-export", action="store_true", help="write the run only")
-    p.add_argument("--version", help="version of the new bundle (default: the new run's name)")
-    p.add_argument("--out", help="where the new run directory goes (default: beside the base run)")
-    p.add_argument("--name", help="name of the new run directory")
-    p.add_argument("--holdout", type=float, default=0.3, help="share of the feedback held out to judge on (0..0.9)")
-    p.add_argument("--replay", type=int, help="original training images replayed (default: 20x the feedback, >= 2000)")
-    p.add_argument("--no-replay", action="store_true", help="fine-tune on the feedback alone (forgets; for comparison)")
-    p.add_argument("--feedback-share", type=float, default=0.3, help="share of each epoch drawn from the feedback")
-    p.add_argument("--ewc", type=float, default=0.0,
-                   help="elastic weight consolidation strength (0: off; the Fisher of a confident model is small, "
-                        "so useful values are large: 1e5..1e7)")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--max-forgetting", type=float, default=0.5,
-                   help="largest accepted drop of the base test accuracy, in percentage points (exit 6 above it)")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    problems = []
-    if not 0 <= args.holdout < 0.9:
-        problems.append(f"--holdout must be in [0, 0.9), got {args.holdout}")
-    if not 0 < args.feedback_share < 1:
-        problems.append(f"--feedback-share must be in (0, 1), got {args.feedback_share}")
-    for flag in ("epochs", "batch_size"):
-        if getattr(args, flag) < 1:
-            problems.append(f"--{flag.replace('_', '-')} must be >= 1")
-    if args.lr <= 0 or args.ewc < 0:
-        problems.append("--lr must be > 0 and --ewc >= 0")
-    if args.replay is not None and args.replay < 1:
-        problems.append("--replay must be >= 1 (or use --no-replay)")
-    if not args.no_export and not (args.bundle or args.target):
-        problems.append("give --bundle (the bundle devices run now) or --target, or --no-export")
-    if args.target:
-        from train.export.targets import list_targets
-
-        if args.target not in list_targets():
-            problems.append(f"unknown --target {args.target!r}; valid: {', '.join(list_targets())}")
-    if problems:
-        parser.error("; ".join(problems))
-    from train.export import ExportError
-    from train.export.compress import CalibrationError
-
-    settings = RetrainSettings(holdout=args.holdout, replay=args.replay, feedback_share=args.feedback_share,
-                               epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, ewc=args.ewc,
-                               seed=args.seed)
-    try:
-        res = retrain(args.base, args.feedback, settings=settings, replay=not args.no_replay, out_dir=args.out,
-                      run_name=args.name, bundle=args.bundle, target=args.target, export=not args.no_export,
-                      version=args.version, max_forgetting=args.max_forgetting)
-    except (RunError, DataError, ExportError, CalibrationError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return getattr(e, "exit_code", EXIT_RUN if isinstance(e, RunError) else EXIT_DATA)
-    print(format_report(res.report))
-    return EXIT_GATE if res.failures else EXIT_OK

@@ -15,8 +15,8 @@ the next open). Disk use is bounded by ``max_samples`` and ``max_bytes``: the ol
 skipped samples go first, labelled ones only when nothing else is left.
 
 Labels come from ``labels`` given once (kept in the store), else from the labels the devices'
-``top_k`` named, in the model's index order. Needs numpy, OpenCV, jsonschema and the standard
-library only (no TensorFlow, no MQTT).
+``top_k`` named, in the model's index order. A stored sample is a :class:`train.loop.samples.Sample`.
+Needs numpy, OpenCV, jsonschema and the standard library only (no TensorFlow, no MQTT).
 """
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ import numpy as np
 
 from sdk.messages import load_schema
 from sdk.uncertainty import hamming, phash
+from train.loop.samples import FeedbackError, Sample
 
 logger = logging.getLogger(__name__)
 
@@ -70,59 +71,12 @@ CREATE INDEX IF NOT EXISTS samples_status ON samples (status, id);
 """
 
 
-class FeedbackError(ValueError):
-    """A payload, label, id or CSV the store cannot take; the message names the field or row."""
-
-
-@dataclass
-class Sample:
-    """One stored sample (a row of ``index.sqlite`` with absolute file paths)."""
-
-    id: int
-    device: str
-    run_id: str
-    seq: int
-    frame_id: int
-    ts: float
-    received: float
-    model_name: str
-    model_version: str
-    reasons: list[str]
-    top_k: list[dict]
-    scores: list[float]
-    predicted: str | None
-    score: float | None
-    label: str | None
-    status: str
-    image_path: Path
-    input_path: Path | None
-
-    def model_input(self) -> np.ndarray | None:
-        """What the model saw, as uint8 (HxW for a grey model), or None when the device did not send it."""
-        return _read_image(self.input_path) if self.input_path else None
-
-    def image(self) -> np.ndarray:
-        """The frame as OpenCV decodes it (BGR, or HxW grey)."""
-        return _read_image(self.image_path)
-
-
 @dataclass
 class CsvReport:
     """Outcome of :meth:`FeedbackStore.import_labels_csv`: rows applied, and one line per bad row."""
 
     applied: int = 0
     errors: list[str] = field(default_factory=list)
-
-
-def _read_image(path: Path) -> np.ndarray:
-    try:
-        data = np.fromfile(path, np.uint8)
-    except OSError as e:
-        raise FeedbackError(f"{path}: cannot read ({e.strerror})") from e
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise FeedbackError(f"{path}: not a readable image")
-    return img
 
 
 def _decode_b64(data: str, where: str) -> bytes:

@@ -26,6 +26,7 @@ register_weightless_layers()
 __all__ = [
     "BACKBONE_LAYER",
     "STAGES",
+    "ModelOptionError",
     "ModelSpec",
     "WeightsUnavailableError",
     "create_model",

@@ -5,6 +5,11 @@ up and refuses an unknown name with the valid ones and a close-match suggestion,
 ``list_targets("c*")`` discovers them. The table of what each target emits and accepts is
 ``describe_targets()``; ``python -m train.export --list-targets`` prints it.
 
+What a target adds beyond its .tflite files (a checked ONNX model, a compiled Edge TPU model, a
+compatibility report) it declares as :class:`ArtefactBuilder` entries of ``TargetSpec.builders``,
+written in its own module; the export calls each in turn with a :class:`BuildContext` and merges
+the :class:`Built` it returns into the bundle. The export itself knows no target by name.
+
 The target modules are imported explicitly at the bottom of this file: a broken target is an
 import error, never a silently missing entry.
 """
@@ -13,9 +18,13 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from pathlib import Path
+from typing import Any, Callable, Literal
 
-Quantization = Literal["full_int8", "float16", "float32", "dynamic_range"]
+from train.export.conversion import Quantization
+from train.export.errors import UnknownTargetError
+from train.export.measure import Reference
+
 Delegate = Literal["none", "xnnpack", "edgetpu", "gpu"]
 
 #: Options every target accepts (names as in ``export_bundle`` and the CLI, with ``_`` for ``-``).
@@ -35,24 +44,60 @@ class Artefact:
 
 
 @dataclass(frozen=True)
+class BuildContext:
+    """What an :class:`ArtefactBuilder` is handed: the bundle so far and the models it came from."""
+
+    spec: TargetSpec
+    bundle: Path  # the bundle directory; the .tflite artefacts are written there already
+    model: Any  # the optimised tf_keras model the artefacts were converted from
+    primary: bytes  # the bundle's model.tflite, as written
+    reference: Reference  # the float model's figures, to judge another artefact by
+
+
+@dataclass
+class Built:
+    """What one builder added to the bundle."""
+
+    report: dict[str, Any] = field(default_factory=dict)  # sections of export_report.json
+    extra_files: dict[str, str] = field(default_factory=dict)  # role -> file name, into the manifest's extra_files
+    artefacts: list[dict[str, Any]] = field(default_factory=list)  # measured entries (Reference.judge) for the report
+
+
+@dataclass(frozen=True)
+class ArtefactBuilder:
+    """One thing a target adds to its bundle after the .tflite artefacts: a check, another format, a compiled model.
+
+    ``build(ctx)`` writes its files into ``ctx.bundle`` and returns what it added; when it cannot
+    produce a file the target promises it raises ``TargetArtefactError`` and the export stops
+    before the manifest. ``markdown(report)`` and ``summary(report)`` render its report sections
+    for ``export_report.md`` and the command's summary.
+    """
+
+    name: str
+    build: Callable[[BuildContext], Built]
+    emits: str | None = None  # the file it promises, as ``--list-targets`` shows it
+    markdown: Callable[[dict], list[str]] | None = None
+    summary: Callable[[dict], list[str]] | None = None
+
+
+@dataclass(frozen=True)
 class TargetSpec:
     """What one export target emits and what it accepts.
 
     The first artefact is the bundle's ``model.tflite``; the others are written next to it and
-    listed in the manifest's ``extra_files``.
+    listed in the manifest's ``extra_files``, as is what the ``builders`` add.
     """
 
     name: str
     description: str
     artefacts: tuple[Artefact, ...]
     delegate: Delegate = "none"
+    delegate_file: str | None = None  # role in extra_files the delegate needs; without it the manifest says "none"
     io_dtypes: tuple[str, ...] = ("float32",)  # accepted --io-dtype values, the default first
     static_batch: bool = False  # freeze the batch dimension to 1
     records_threads: bool = False  # write --threads into the manifest (CPU interpreters)
-    compiler: str | None = None  # executable run on the model when it is on PATH
-    preflight: Literal["edgetpu"] | None = None  # our own compatibility report
-    gpu_check: bool = False  # tf.lite Analyzer with gpu_compatibility=True
-    onnx: bool = False  # also emit ONNX (tf2onnx), checked with onnxruntime
+    compiler: str | None = None  # executable a builder runs on the model when it is on PATH
+    builders: tuple[ArtefactBuilder, ...] = ()  # run in order after the .tflite artefacts
     notes: str = ""
     accepts: tuple[str, ...] = field(default=COMMON_OPTIONS)
 
@@ -70,17 +115,13 @@ class TargetSpec:
     def full_int8(self) -> bool:
         return any(a.quantization == "full_int8" for a in self.artefacts)
 
+    def delegate_for(self, extra_files: dict[str, str]) -> Delegate:
+        """The delegate the manifest records, given the files the bundle holds."""
+        return "none" if self.delegate_file is not None and self.delegate_file not in extra_files else self.delegate
+
     def emits(self) -> list[str]:
         out = [f"{a.filename} ({a.quantization})" for a in self.artefacts]
-        if self.onnx:
-            out.append("model.onnx")
-        if self.compiler:
-            out.append(f"{self.primary.filename.removesuffix('.tflite')}_edgetpu.tflite (when {self.compiler} is on PATH)")
-        return out
-
-
-class UnknownTargetError(ValueError):
-    """``--target`` names no registered target."""
+        return out + [b.emits for b in self.builders if b.emits]
 
 
 _REGISTRY: dict[str, TargetSpec] = {}
@@ -135,6 +176,9 @@ from train.export.targets import coral, cpu, jetson, rpi  # noqa: E402,F401
 
 __all__ = [
     "Artefact",
+    "ArtefactBuilder",
+    "BuildContext",
+    "Built",
     "TargetSpec",
     "UnknownTargetError",
     "describe_targets",

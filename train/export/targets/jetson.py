@@ -1,7 +1,8 @@
 """NVIDIA Jetson: FP16 TFLite for the GPU delegate and ONNX for TensorRT.
 
-Besides the spec, the two checks this target runs: the TFLite Analyzer's GPU-delegate
-compatibility report, and tf2onnx + onnxruntime against the Keras model.
+Besides the spec, the two builders this target declares: the TFLite Analyzer's GPU-delegate
+compatibility report, and the ONNX model (tf2onnx), checked with onnxruntime against Keras and
+measured like the .tflite artefacts.
 """
 from __future__ import annotations
 
@@ -13,28 +14,52 @@ from pathlib import Path
 
 import numpy as np
 
-from train.export.targets import COMMON_OPTIONS, Artefact, TargetSpec, register_target
+from train.export.errors import TargetArtefactError
+from train.export.measure import gzip_size, predict_keras
+from train.export.targets import COMMON_OPTIONS, Artefact, ArtefactBuilder, BuildContext, Built, TargetSpec, register_target
 
 logger = logging.getLogger(__name__)
 
+GPU_REPORT_FILE = "gpu_compatibility.txt"
 ONNX_FILE = "model.onnx"
 ONNX_OPSET = 17
 ONNX_MAX_ABS_DIFF = 1e-4
+ONNX_CHECK_SAMPLES = 256
 
 
-@register_target
-def jetson() -> TargetSpec:
-    return TargetSpec(
-        name="jetson",
-        description="NVIDIA Jetson: FP16 TFLite (GPU delegate checked) + ONNX for TensorRT (checked with onnxruntime)",
-        artefacts=(Artefact("model", "model.tflite", "float16", "FP16 weights, float32 I/O, for the GPU delegate"),),
-        delegate="gpu",
-        io_dtypes=("float32",),
-        gpu_check=True,
-        onnx=True,
-        notes="trtexec --onnx=model.onnx --saveEngine=model_fp16.plan --fp16 --shapes=pixels:1xHxWxC",
-        accepts=COMMON_OPTIONS,
+def build_gpu_report(ctx: BuildContext) -> Built:
+    """The Analyzer's GPU-delegate report on the bundle's model, its text kept beside it."""
+    result = gpu_compatibility(ctx.primary)
+    (ctx.bundle / GPU_REPORT_FILE).write_text(result["analyzer_output"])
+    return Built(report={"gpu_compatibility": result}, extra_files={"gpu_compatibility": GPU_REPORT_FILE})
+
+
+def build_onnx(ctx: BuildContext) -> Built:
+    """The checked ONNX model (:func:`export_onnx`), then judged on the splits like any artefact."""
+    path = ctx.bundle / ONNX_FILE
+    ref = ctx.reference
+    sample = ref.splits["val"].x[:ONNX_CHECK_SAMPLES]
+    checked = export_onnx(ctx.model, path, sample, predict_keras(ctx.model, sample))  # raises unless there and checked
+    predict, latency = onnx_runner(path)
+    entry, _ = ref.judge(
+        {"file": ONNX_FILE, "role": "onnx", "quantization": "float32", "description": "ONNX for TensorRT (tf2onnx)"},
+        size=path.stat().st_size, gzip_bytes=gzip_size(path.read_bytes()), predict=predict,
+        latency=lambda: latency(ref.sample, runs=ref.latency_runs),
     )
+    return Built(report={"onnx": checked}, extra_files={"onnx": ONNX_FILE}, artefacts=[entry])
+
+
+def gpu_markdown(report: dict) -> list[str]:
+    g = report["gpu_compatibility"]
+    return ["", f"GPU delegate (tf.lite Analyzer): {'compatible' if g['compatible'] else 'NOT compatible'}"
+            + (f"; {len(g['warnings'])} warning(s)" if g["warnings"] else "") + f". Full output: {GPU_REPORT_FILE}."]
+
+
+def onnx_markdown(report: dict) -> list[str]:
+    o = report["onnx"]
+    return ["", f"ONNX vs Keras on {o['checked_images']} images: max |diff| {o['max_abs_diff']:.2e} "
+            f"(tolerance {o['tolerance']:.0e}), top-1 agreement {o['top1_agreement']:.2%}.",
+            f"On the Jetson: `{o['trtexec']}`"]
 
 
 def gpu_compatibility(model: bytes) -> dict:
@@ -70,7 +95,6 @@ def export_onnx(model, path: Path, sample: np.ndarray, keras_scores: np.ndarray)
     import tf2onnx
 
     from train._tf import tf
-    from train.export import TargetArtefactError
 
     shape = [None, *[int(d) for d in model.input_shape[1:]]]
     t0 = time.perf_counter()
@@ -141,3 +165,21 @@ def onnx_runner(path: Path):
                 "p95_ms": round(float(np.percentile(t, 95)), 4), "mean_ms": round(float(np.mean(t)), 4)}
 
     return predict, latency
+
+
+# The spec last: registering calls it, and it names the builders above.
+@register_target
+def jetson() -> TargetSpec:
+    return TargetSpec(
+        name="jetson",
+        description="NVIDIA Jetson: FP16 TFLite (GPU delegate checked) + ONNX for TensorRT (checked with onnxruntime)",
+        artefacts=(Artefact("model", "model.tflite", "float16", "FP16 weights, float32 I/O, for the GPU delegate"),),
+        delegate="gpu",
+        io_dtypes=("float32",),
+        builders=(
+            ArtefactBuilder("gpu_compatibility", build_gpu_report, markdown=gpu_markdown),
+            ArtefactBuilder("onnx", build_onnx, emits=ONNX_FILE, markdown=onnx_markdown),
+        ),
+        notes="trtexec --onnx=model.onnx --saveEngine=model_fp16.plan --fp16 --shapes=pixels:1xHxWxC",
+        accepts=COMMON_OPTIONS,
+    )
