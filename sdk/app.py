@@ -52,7 +52,8 @@ def ha_discovery(config: Config, topics: Topics, manifest=None) -> list:
         return []
     return discovery_messages(topics, model_name=manifest.name if manifest else "",
                               model_version=manifest.version if manifest else "", sw_version=__version__,
-                              discovery_prefix=config.homeassistant.discovery_prefix)
+                              discovery_prefix=config.homeassistant.discovery_prefix,
+                              regions=list(config.preprocess.regions or ()))
 
 
 def make_publisher(config: Config, topics: Topics, bundle: Bundle | None = None) -> MqttPublisher:
@@ -101,9 +102,12 @@ def run(config: Config, stop: threading.Event | None = None, status_stream: Text
 
     def make_classifier(path) -> Classifier:
         bundle = load_bundle(path, rt.delegate, rt.num_threads, rt.edgetpu_device)
+        pp = config.preprocess
+        regions = {name: (r.roi, r.resize if r.resize != "auto" else pp.resize)
+                   for name, r in pp.regions.items()} if pp.regions else None
         with _config_field("preprocess"):
-            return Classifier(bundle, config.preprocess.mode, config.preprocess.roi, config.preprocess.invert,
-                              config.top_k, config.threshold)
+            return Classifier(bundle, pp.mode, pp.roi, pp.invert, config.top_k, config.threshold,
+                              resize=pp.resize, regions=regions)
 
     u = config.update
     updates = u.enabled and config.mqtt.enabled
@@ -124,7 +128,8 @@ def run(config: Config, stop: threading.Event | None = None, status_stream: Text
         enabled=s.enabled, min_confidence=s.min_confidence, min_margin=s.min_margin, max_entropy=s.max_entropy,
         audit_fraction=s.audit_fraction, per_minute=s.per_minute, per_hour=s.per_hour,
         dedup_distance=s.dedup_distance, image_format=s.image_format, jpeg_quality=s.jpeg_quality,
-        max_side=s.max_side, max_bytes=s.max_bytes)) if s.enabled else None
+        max_side=s.max_side, max_bytes=s.max_bytes, model_input_format=s.model_input_format,
+        model_input_max_bytes=s.model_input_max_bytes)) if s.enabled else None
     settings = PipelineSettings(
         publish_mode=config.publish.mode, min_interval_ms=config.publish.min_interval_ms,
         result_qos=config.publish.result_qos, sample_qos=s.qos, metrics_interval_s=config.metrics_interval_s,

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 from .mqtt import DEFAULT_PASSWORD_ENV, DEFAULT_USERNAME_ENV
-from .topics import DEFAULT_PREFIX, FLEET, is_segment
+from .topics import DEFAULT_PREFIX, FLEET, check_region, is_segment
 
 
 class _Strict(BaseModel):
@@ -48,20 +48,75 @@ class RuntimeSettings(_Strict):
     edgetpu_device: str | None = Field(None, description="Edge TPU to use: usb, pci, usb:0 ... (None: the first found).")
 
 
+def roi_problem(roi: list[float]) -> str | None:
+    """Why ``[x, y, w, h]`` is no region of interest, or None. Fractions of the frame when all four
+    values are within 0..1, else whole pixels (x, y >= 0; w, h >= 1)."""
+    if all(0 <= v <= 1 for v in roi):
+        x, y, w, h = roi
+        if not (x < 1 and y < 1 and w > 0 and h > 0 and x + w <= 1 + 1e-9 and y + h <= 1 + 1e-9):
+            return ("as fractions of the frame, [x, y, w, h] needs x, y in [0, 1), w, h in (0, 1] and the region "
+                    "inside the frame (x + w <= 1, y + h <= 1)")
+        return None
+    if any(v != int(v) for v in roi) or min(roi[:2]) < 0 or min(roi[2:]) < 1:
+        return ("in pixels, [x, y, w, h] needs whole numbers with x, y >= 0 and w, h >= 1 "
+                "(or give all four as fractions of the frame, 0..1)")
+    return None
+
+
+class RegionSettings(_Strict):
+    roi: list[float] = Field(
+        ..., min_length=4, max_length=4,
+        description="[x, y, w, h]: fractions of the frame when all four are within 0..1, else pixels.")
+    resize: Literal["auto", "stretch", "centre_crop", "letterbox"] = Field(
+        "auto", description="How the region is fitted to the model input (auto: the preprocess section's).")
+
+    @field_validator("roi")
+    @classmethod
+    def _roi_valid(cls, v):
+        problem = roi_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+
 class PreprocessSettings(_Strict):
     mode: Literal["auto", "plain", "digit"] = Field(
         "auto", description="auto: what the bundle's manifest says; digit: find, crop and centre a handwritten digit.")
     roi: list[float] | None = Field(
-        None, min_length=4, max_length=4, description="Region of interest [x, y, w, h] as fractions of the frame.")
+        None, min_length=4, max_length=4,
+        description="Region of interest [x, y, w, h]: fractions of the frame when all four are within 0..1, "
+                    "else pixels (e.g. [120, 40, 200, 200]).")
+    resize: Literal["auto", "stretch", "centre_crop", "letterbox"] = Field(
+        "auto", description="How the region (or frame) is fitted to the model input; auto: the manifest's "
+                            "input.resize (what the model was trained with).")
+    regions: dict[str, RegionSettings] | None = Field(
+        None, description="Several named regions of the frame, each classified on its own, its results published on "
+                          "<prefix>/v1/<device>/<name>/result; replaces roi.")
     invert: Literal["auto", "never", "always"] = Field(
         "auto", description="Flip ink polarity to match the model (auto: judged from the frame, plain mode).")
 
     @field_validator("roi")
     @classmethod
-    def _roi_inside(cls, v):
-        if v is not None and not (0 <= v[0] < 1 and 0 <= v[1] < 1 and 0 < v[2] <= 1 and 0 < v[3] <= 1):
-            raise ValueError("roi is [x, y, w, h] with x, y in [0, 1) and w, h in (0, 1]")
+    def _roi_valid(cls, v):
+        problem = roi_problem(v) if v is not None else None
+        if problem:
+            raise ValueError(problem)
         return v
+
+    @field_validator("regions")
+    @classmethod
+    def _region_names(cls, v):
+        for name in v or {}:
+            check_region(name)
+        if v is not None and not v:
+            raise ValueError("regions is empty: name at least one region, or leave it out")
+        return v
+
+    @model_validator(mode="after")
+    def _roi_or_regions(self) -> "PreprocessSettings":
+        if self.roi is not None and self.regions:
+            raise ValueError("give either roi (one region) or regions (several named ones), not both")
+        return self
 
 
 class PublishSettings(_Strict):
@@ -114,6 +169,11 @@ class SamplingSettings(_Strict):
     jpeg_quality: int = Field(85, ge=10, le=100, description="Starting JPEG quality (lowered to meet max_bytes).")
     max_side: int = Field(320, ge=16, description="Longer side of the sampled image in pixels.")
     max_bytes: int = Field(48000, ge=1000, le=10_000_000, description="Size cap of the encoded image.")
+    model_input_format: Literal["png", "jpeg"] = Field(
+        "png", description="Encoding of the model input sent with each sample (png: exactly what the model saw).")
+    model_input_max_bytes: int = Field(
+        200_000, ge=1000, le=10_000_000,
+        description="Size cap of the model input; a PNG over it is sent as JPEG, one that no JPEG fits is left out.")
     qos: Literal[0, 1] = Field(1, description="QoS of sample messages.")
 
 

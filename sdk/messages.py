@@ -28,25 +28,36 @@ def ranked(classes: Iterable[Class], labels: Sequence[str]) -> list[dict]:
 
 
 def result(*, device: str, seq: int, run_id: str, ts: float, frame_id: int, model: dict, top_k: list[dict],
-           latency_ms: dict, box: Sequence[int] | None = None) -> dict:
+           latency_ms: dict, box: Sequence[int] | None = None, region: str | None = None) -> dict:
     msg = {"schema": schema_id("result"), "device": device, "seq": seq, "run_id": run_id, "ts": round(ts, 6),
            "frame_id": frame_id, "model": model, "top_k": top_k,
            "latency_ms": {k: round(v, 3) for k, v in latency_ms.items()}}
     if box is not None:
         msg["box"] = [int(v) for v in box]
+    if region is not None:
+        msg["region"] = region
     return msg
+
+
+def image_field(data: bytes, fmt: str, width: int, height: int, **extra: Any) -> dict:
+    """An encoded image as a payload field: format, size, byte count, base64 data (and ``extra``)."""
+    return {"format": fmt, "width": width, "height": height, **extra, "bytes": len(data),
+            "data": base64.b64encode(data).decode("ascii")}
 
 
 def sample(*, device: str, seq: int, run_id: str, ts: float, frame_id: int, model: dict, reasons: list[str],
            top_k: list[dict], scores: Sequence[float], stats: dict, image: bytes, image_format: str,
-           width: int, height: int, model_input_png: bytes | None = None) -> dict:
+           width: int, height: int, model_input: dict | None = None, region: dict | None = None) -> dict:
+    """``model_input``: :func:`image_field` of what the model saw, with its ``colour``; ``region``:
+    ``{"name", "box": [x, y, w, h]}`` when the frame's named region was classified."""
     msg = {"schema": schema_id("sample"), "device": device, "seq": seq, "run_id": run_id, "ts": round(ts, 6),
            "frame_id": frame_id, "model": model, "reasons": reasons, "top_k": top_k,
            "scores": [round(float(s), 6) for s in scores], **{k: round(float(v), 6) for k, v in stats.items()},
-           "image": {"format": image_format, "width": width, "height": height, "bytes": len(image),
-                     "data": base64.b64encode(image).decode("ascii")}}
-    if model_input_png is not None:
-        msg["model_input"] = {"format": "png", "data": base64.b64encode(model_input_png).decode("ascii")}
+           "image": image_field(image, image_format, width, height)}
+    if model_input is not None:
+        msg["model_input"] = model_input
+    if region is not None:
+        msg["region"] = {"name": region["name"], "box": [int(v) for v in region["box"]]}
     return msg
 
 

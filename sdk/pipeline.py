@@ -14,16 +14,15 @@ import time
 import uuid
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
-from typing import Any, TextIO
+from typing import Any, Mapping, Sequence, TextIO
 
-import cv2
 import numpy as np
 
 from . import classify, messages
-from .preprocess import Preprocessor
+from .preprocess import Preprocessor, roi_box
 from .runtime import Bundle
 from .topics import Topics
-from .uncertainty import Sampler
+from .uncertainty import Sampler, encode_model_input
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +35,9 @@ class Classification:
     inference_ms: float
     postprocess_ms: float
     box: tuple[int, int, int, int] | None = None
+    region: str | None = None                      # the named region classified (None: the frame)
+    region_box: tuple[int, int, int, int] | None = None  # its pixel box [x, y, w, h] in the frame
+    model_image: np.ndarray | None = None          # what the model saw (uint8, before normalization)
 
     @property
     def total_ms(self) -> float:
@@ -43,21 +45,37 @@ class Classification:
 
 
 class Classifier:
-    """A loaded bundle + its preprocessing: ``classify(frame) -> Classification``."""
+    """A loaded bundle + its preprocessing: ``classify(frame) -> Classification``.
+
+    ``regions`` maps a region name to ``(roi, resize_mode)``: each is preprocessed on its own and
+    classified with ``classify(frame, region)``; ``regions`` lists what one frame is classified as
+    (``[None]``, the frame or ``roi``, without named regions).
+    """
 
     def __init__(self, bundle: Bundle, mode: str = "auto", roi=None, invert: str = "auto",
-                 top_k: int = 3, threshold: float = 0.0):
+                 top_k: int = 3, threshold: float = 0.0, resize: str = "auto",
+                 regions: Mapping[str, tuple[Sequence[float], str]] | None = None):
         self.bundle = bundle
         self.interpreter = bundle.interpreter
         self.manifest = bundle.manifest
         self.labels = bundle.labels
         self.top_k, self.threshold = top_k, threshold
-        self.preprocessor = Preprocessor(self.manifest.input, classify.input_details(self.interpreter), mode, roi, invert)
+        detail = classify.input_details(self.interpreter)
+        spec = self.manifest.input
+        if regions:
+            self.preprocessors: dict[str | None, Preprocessor] = {
+                name: Preprocessor(spec, detail, mode, r_roi, invert, resize_mode=r_resize)
+                for name, (r_roi, r_resize) in regions.items()}
+        else:
+            self.preprocessors = {None: Preprocessor(spec, detail, mode, roi, invert, resize_mode=resize)}
+        self.regions: list[str | None] = list(self.preprocessors)
+        self.preprocessor = self.preprocessors[self.regions[0]]
         self.model_info = messages.model_info(self.manifest)
 
-    def classify(self, image: np.ndarray) -> Classification:
+    def classify(self, image: np.ndarray, region: str | None = None) -> Classification:
+        pre = self.preprocessors[region] if region is not None else self.preprocessor
         t0 = time.perf_counter()
-        tensor = self.preprocessor(image)
+        tensor = pre(image)
         t1 = time.perf_counter()
         classify.set_input(self.interpreter, tensor)
         self.interpreter.invoke()
@@ -65,8 +83,9 @@ class Classifier:
         probs = classify.probabilities(self.interpreter, self.manifest.output.activation)
         top = classify.top_k(probs, self.top_k, self.threshold)
         t3 = time.perf_counter()
+        box = roi_box(image.shape, pre.roi) if pre.roi is not None else None
         return Classification(probs, top, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3,
-                              self.preprocessor.last_box)
+                              pre.last_box, region, box, pre.last_image)
 
 
 @dataclass
@@ -226,8 +245,7 @@ class Pipeline:
         st = self.settings
         next_metrics = started + st.metrics_interval_s
         next_status = started + st.status_interval_s if st.status_interval_s else float("inf")
-        last_pub_t = -float("inf")
-        last_label: str | None = None
+        last: dict[str | None, tuple[str | None, float]] = {}  # region -> (label, time) of its last result
         ended_by = "stopped"
         while not stop.is_set():
             if getattr(self.publisher, "fatal", None) is not None:
@@ -245,45 +263,10 @@ class Pipeline:
                     break
             else:
                 self._recent.append(frame.image)
-                labels = self.classifier.labels
-                c = self.classifier.classify(frame.image)
                 self.stats.frames += 1
                 self._times.append(now)
-                self._lat.append(c.total_ms)
-                self._inf.append(c.inference_ms)
-                top = messages.ranked(c.top, labels)
-                label = labels[c.top[0].id] if c.top else None
-                self.stats.last_label = label
-                self._last_score = round(c.top[0].score, 4) if c.top else None
-                publish = (st.publish_mode == "every" or label != last_label) and \
-                    (now - last_pub_t) * 1e3 >= st.min_interval_ms
-                if publish:
-                    msg = messages.result(
-                        device=self.device, seq=self._seq, run_id=self.run_id, ts=frame.ts, frame_id=frame.frame_id,
-                        model=self.classifier.model_info, top_k=top,
-                        latency_ms={"preprocess": c.preprocess_ms, "inference": c.inference_ms,
-                                    "postprocess": c.postprocess_ms,
-                                    "total": c.total_ms},
-                        box=c.box)
-                    self._publish(self.topics.result, msg, qos=st.result_qos)
-                    self._seq += 1
-                    self.stats.published += 1
-                    last_pub_t = now
-                    last_label = label
-                    if self.stats.first_result_s is None:
-                        self.stats.first_result_s = now - started
-                if self.sampler is not None:
-                    sel = self.sampler.consider(frame.image, c.probs)
-                    if sel is not None:
-                        mi = self.classifier.preprocessor.last_image
-                        png = cv2.imencode(".png", mi)[1].tobytes() if mi is not None and mi.size <= 4096 * 3 else None
-                        self._publish(self.topics.sample, messages.sample(
-                            device=self.device, seq=max(0, self._seq - 1), run_id=self.run_id, ts=frame.ts,
-                            frame_id=frame.frame_id, model=self.classifier.model_info, reasons=sel.reasons,
-                            top_k=top, scores=c.probs.tolist(), stats=sel.uncertainty.as_dict(), image=sel.image,
-                            image_format=sel.image_format, width=sel.width, height=sel.height,
-                            model_input_png=png), qos=st.sample_qos)
-                        self.stats.samples += 1
+                for region in self.classifier.regions:
+                    self._classify(frame, region, now, started, last)
                 if st.max_frames and self.stats.frames >= st.max_frames:
                     ended_by = "max_frames"
                     break
@@ -294,6 +277,65 @@ class Pipeline:
                 self._status_line()
                 next_status = now + st.status_interval_s
         return ended_by
+
+    def _classify(self, frame, region: str | None, now: float, started: float,
+                  last: dict[str | None, tuple[str | None, float]]) -> None:
+        """Classify the frame (or one named region of it), publish the result, consider it as a sample."""
+        st = self.settings
+        labels = self.classifier.labels
+        c = self.classifier.classify(frame.image, region)
+        self._lat.append(c.total_ms)
+        self._inf.append(c.inference_ms)
+        top = messages.ranked(c.top, labels)
+        label = labels[c.top[0].id] if c.top else None
+        self.stats.last_label = label
+        self._last_score = round(c.top[0].score, 4) if c.top else None
+        last_label, last_t = last.get(region, (None, -float("inf")))
+        if (st.publish_mode == "every" or label != last_label) and (now - last_t) * 1e3 >= st.min_interval_ms:
+            msg = messages.result(
+                device=self.device, seq=self._seq, run_id=self.run_id, ts=frame.ts, frame_id=frame.frame_id,
+                model=self.classifier.model_info, top_k=top,
+                latency_ms={"preprocess": c.preprocess_ms, "inference": c.inference_ms,
+                            "postprocess": c.postprocess_ms, "total": c.total_ms},
+                box=c.box, region=region)
+            self._publish(self.topics.region_result(region), msg, qos=st.result_qos)
+            self._seq += 1
+            self.stats.published += 1
+            last[region] = (label, now)
+            if self.stats.first_result_s is None:
+                self.stats.first_result_s = now - started
+        if self.sampler is not None:
+            self._sample(self.sampler, frame, c, top)
+
+    def _sample(self, sampler: Sampler, frame, c: Classification, top: list[dict]) -> None:
+        """Send the frame back when the sampler selects it, with what the model saw."""
+        subject = frame.image if c.region_box is None else \
+            frame.image[c.region_box[1]:c.region_box[1] + c.region_box[3], c.region_box[0]:c.region_box[0] + c.region_box[2]]
+        sel = sampler.consider(frame.image, c.probs, subject if c.region is not None else None)
+        if sel is None:
+            return
+        policy = sampler.policy
+        model_input = None
+        if c.model_image is not None:
+            encoded = encode_model_input(c.model_image, policy.model_input_format, policy.model_input_max_bytes)
+            if encoded is None:
+                self.stats.extra["samples_without_input"] = self.stats.extra.get("samples_without_input", 0) + 1
+            else:
+                h, w = c.model_image.shape[:2]
+                model_input = messages.image_field(encoded[0], encoded[1], w, h,
+                                                   colour="rgb" if c.model_image.ndim == 3 else "grey")
+        region = None
+        if c.region is not None and c.region_box:  # the box in pixels of the image sent (it may be downscaled)
+            sx, sy = sel.width / frame.image.shape[1], sel.height / frame.image.shape[0]
+            x, y, w, h = c.region_box
+            region = {"name": c.region, "box": [round(x * sx), round(y * sy), max(1, round(w * sx)), max(1, round(h * sy))]}
+        self._publish(self.topics.sample, messages.sample(
+            device=self.device, seq=max(0, self._seq - 1), run_id=self.run_id, ts=frame.ts,
+            frame_id=frame.frame_id, model=self.classifier.model_info, reasons=sel.reasons,
+            top_k=top, scores=c.probs.tolist(), stats=sel.uncertainty.as_dict(), image=sel.image,
+            image_format=sel.image_format, width=sel.width, height=sel.height,
+            model_input=model_input, region=region), qos=self.settings.sample_qos)
+        self.stats.samples += 1
 
     # -- main loop -----------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None) -> RunStats:

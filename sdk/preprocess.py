@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 MODES = ("auto", "plain", "digit")
 INVERT = ("auto", "never", "always")
+RESIZE_MODES = ("stretch", "centre_crop", "letterbox")
 
 
 @dataclass
@@ -45,17 +46,31 @@ def _lut(normalization: Normalization, detail: dict) -> np.ndarray:
     return quantize(real, detail)
 
 
-def crop_roi(frame: np.ndarray, roi: Sequence[float] | None) -> np.ndarray:
-    """``roi`` is ``(x, y, w, h)`` as fractions of the frame (0..1)."""
-    if roi is None:
-        return frame
-    h, w = frame.shape[:2]
-    x0, y0 = int(round(roi[0] * w)), int(round(roi[1] * h))
-    x1, y1 = int(round((roi[0] + roi[2]) * w)), int(round((roi[1] + roi[3]) * h))
+def roi_box(shape: Sequence[int], roi: Sequence[float]) -> tuple[int, int, int, int]:
+    """``roi`` ``(x, y, w, h)`` as a pixel box ``(x, y, w, h)`` inside a frame of ``shape`` (h, w, ...).
+
+    Fractions of the frame when all four values are within 0..1, else pixels; a pixel box reaching
+    past the frame is clipped to it. An empty result raises ``ValueError``.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    if all(0 <= v <= 1 for v in roi):
+        x0, y0 = int(round(roi[0] * w)), int(round(roi[1] * h))
+        x1, y1 = int(round((roi[0] + roi[2]) * w)), int(round((roi[1] + roi[3]) * h))
+    else:
+        x0, y0 = int(roi[0]), int(roi[1])
+        x1, y1 = x0 + int(roi[2]), y0 + int(roi[3])
     x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
     if x1 <= x0 or y1 <= y0:
         raise ValueError(f"region of interest {tuple(roi)} is empty for a {w}x{h} frame")
-    return frame[y0:y1, x0:x1]
+    return x0, y0, x1 - x0, y1 - y0
+
+
+def crop_roi(frame: np.ndarray, roi: Sequence[float] | None) -> np.ndarray:
+    """The region ``roi`` (see :func:`roi_box`) of ``frame``; the whole frame for None."""
+    if roi is None:
+        return frame
+    x, y, w, h = roi_box(frame.shape, roi)
+    return frame[y:y + h, x:x + w]
 
 
 def to_grey(frame: np.ndarray) -> np.ndarray:
@@ -95,7 +110,7 @@ def resize(img: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
         x0, y0 = (w - nw) // 2, (h - nh) // 2
         out[y0:y0 + nh, x0:x0 + nw] = cv2.resize(img, (nw, nh), interpolation=interp)
         return out
-    raise ValueError(f"unknown resize mode {mode!r}; valid: stretch, centre_crop, letterbox")
+    raise ValueError(f"unknown resize mode {mode!r}; valid: {', '.join(RESIZE_MODES)}")
 
 
 def ink_map(grey: np.ndarray) -> np.ndarray:
@@ -185,19 +200,23 @@ class Preprocessor:
 
     ``spec`` is the manifest's input section, ``detail`` the interpreter's input details
     (dtype, quantization); ``mode`` auto takes ``spec.preprocess``. ``roi`` is (x, y, w, h)
-    in fractions of the frame. ``invert`` auto flips a frame whose polarity differs from the
-    model's (judged from the median brightness).
+    in fractions of the frame or in pixels (:func:`roi_box`). ``invert`` auto flips a frame whose
+    polarity differs from the model's (judged from the median brightness). ``resize_mode`` auto
+    takes ``spec.resize`` (what the model was trained with).
     """
 
     def __init__(self, spec: InputSpec, detail: dict, mode: str = "auto",
                  roi: Sequence[float] | None = None, invert: str = "auto",
-                 digit: DigitParams | None = None):
+                 digit: DigitParams | None = None, resize_mode: str = "auto"):
         if mode not in MODES:
             raise ValueError(f"unknown preprocess mode {mode!r}; valid: {', '.join(MODES)}")
         if invert not in INVERT:
             raise ValueError(f"unknown invert {invert!r}; valid: {', '.join(INVERT)}")
+        if resize_mode not in ("auto",) + RESIZE_MODES:
+            raise ValueError(f"unknown resize mode {resize_mode!r}; valid: auto, {', '.join(RESIZE_MODES)}")
         self.spec = spec
         self.mode = spec.preprocess if mode == "auto" else mode
+        self.resize_mode = spec.resize if resize_mode == "auto" else resize_mode
         self.roi = tuple(roi) if roi is not None else None
         self.invert = invert
         self.digit = digit or DigitParams()
@@ -226,7 +245,7 @@ class Preprocessor:
                 img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
             return img
         img = to_grey(frame) if self.spec.colour == "grey" else to_rgb(frame)
-        img = resize(img, size, self.spec.resize)
+        img = resize(img, size, self.resize_mode)
         if self._should_invert(img):
             img = 255 - img
         return img

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 CONTRACT_VERSION = "v1"
 DEFAULT_PREFIX = "edge"
 FLEET = "fleet"  # the device segment of the fleet-wide topics; not usable as a device id
+# The message kinds under a device; a region (preprocess.regions) may not take one of these names.
+KINDS = frozenset({"result", "sample", "status", "metrics", "event", "model", "ha"})
 # Every pattern here is used with fullmatch: '^...$' with match() accepts a trailing newline.
 _SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
 _UPDATE_ID = re.compile(r"[0-9a-f]{8,64}")
@@ -48,6 +50,12 @@ class Topics:
     def sample(self) -> str:
         return f"{self.base}/sample"
 
+    def region_result(self, region: str | None) -> str:
+        """``{base}/{region}/result``: the results of one named region of the frame (``result`` for None)."""
+        if region is None:
+            return self.result
+        return f"{self.base}/{check_region(region)}/result"
+
     @property
     def status(self) -> str:
         return f"{self.base}/status"
@@ -81,6 +89,14 @@ class Topics:
         return all_devices(kind, self.prefix)
 
 
+def check_region(name: str) -> str:
+    """A region name: a topic segment that is not one of the message kinds under a device."""
+    check_segment(name, "region name")
+    if name in KINDS or name == FLEET:
+        raise ValueError(f"region name {name!r} is taken by the topics ({', '.join(sorted(KINDS))}); choose another")
+    return name
+
+
 def check_prefix(prefix: str) -> str:
     """A topic prefix: one or more segments joined by ``/``."""
     if not isinstance(prefix, str):
@@ -94,6 +110,11 @@ def all_devices(kind: str, prefix: str = DEFAULT_PREFIX) -> str:
     """``{prefix}/v1/+/{kind}``: the subscription filter for one kind of message (``sample``,
     ``model/state``, ...) from every device."""
     return f"{check_prefix(prefix)}/{CONTRACT_VERSION}/+/{kind}"
+
+
+def all_regions(kind: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """``{prefix}/v1/+/+/{kind}``: one kind of message (``result``) from every region of every device."""
+    return f"{check_prefix(prefix)}/{CONTRACT_VERSION}/+/+/{kind}"
 
 
 def shared(group: str, topic_filter: str) -> str:

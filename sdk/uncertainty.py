@@ -38,6 +38,8 @@ class SamplingPolicy:
     jpeg_quality: int = 85
     max_side: int = 320           # longer side of the encoded image
     max_bytes: int = 48_000       # cap on the encoded image
+    model_input_format: str = "png"     # png (lossless) | jpeg
+    model_input_max_bytes: int = 200_000
 
 
 @dataclass
@@ -107,6 +109,24 @@ def encode_image(image: np.ndarray, fmt: str = "jpeg", max_bytes: int = 48_000, 
         s *= 0.7
 
 
+def encode_model_input(image: np.ndarray, fmt: str = "png", max_bytes: int = 200_000) -> tuple[bytes, str] | None:
+    """What the model saw (uint8 HxW grey or HxWx3 RGB, never resized) as a standard image file:
+    ``(data, format)``. PNG is lossless; over ``max_bytes`` (or with ``fmt`` jpeg) JPEG at falling
+    quality. None when not even JPEG at quality 30 fits."""
+    if fmt not in ("png", "jpeg"):
+        raise ValueError(f"unknown image format {fmt!r}; valid: png, jpeg")
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image  # files hold BGR for OpenCV
+    if fmt == "png":
+        ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 6])
+        if ok and buf.size <= max_bytes:
+            return buf.tobytes(), "png"
+    for q in (95, 85, 70, 50, 30):
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, q])
+        if ok and buf.size <= max_bytes:
+            return buf.tobytes(), "jpeg"
+    return None
+
+
 @dataclass
 class Selection:
     reasons: list[str]
@@ -140,7 +160,9 @@ class Sampler:
             self._hour.popleft()
         return len(self._minute) < self.policy.per_minute and len(self._hour) < self.policy.per_hour
 
-    def consider(self, frame: np.ndarray, probs: np.ndarray) -> Selection | None:
+    def consider(self, frame: np.ndarray, probs: np.ndarray, subject: np.ndarray | None = None) -> Selection | None:
+        """Select ``frame`` (sent as the sample's image) when ``probs`` are uncertain; duplicates are judged
+        on ``subject`` (what was classified: a region's crop), the frame when None."""
         if not self.policy.enabled:
             return None
         self.considered += 1
@@ -154,7 +176,7 @@ class Sampler:
         if not self._within_rate(now):
             self.rate_limited += 1
             return None
-        h = phash(frame)
+        h = phash(frame if subject is None else subject)
         if any(hamming(h, k) <= self.policy.dedup_distance for k in self._hashes):
             self.duplicates += 1
             return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import signal
 import sqlite3
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import cv2
+import jsonschema
 import numpy as np
 import pytest
 
@@ -27,6 +29,7 @@ from sdk.topics import Topics
 from sdk.uncertainty import hamming, phash
 from train import collect, label
 from train.data import load_dataset
+from train.loop import label as label_mod
 from train.loop.collect import Collector
 from train.loop.store import FeedbackError, FeedbackStore
 
@@ -65,7 +68,7 @@ def sample(digits, i: int, *, device: str = "cam1", run_id: str = "run1", seq: i
                {"label": str(other), "index": other, "score": 0.41}],
         scores=[0.48 if k == guess else 0.41 if k == other else 0.11 / 8 for k in range(10)],
         stats={"confidence": 0.48, "margin": 0.07, "entropy": 0.55}, image=png, image_format="png",
-        width=28, height=28, model_input_png=png)
+        width=28, height=28, model_input=messages.image_field(png, "png", 28, 28, colour="grey"))
 
 
 def key(msg: dict) -> tuple:
@@ -410,3 +413,213 @@ def test_storage_error_is_retried_by_reconnecting_and_bad_numbers_are_invalid(di
             time.sleep(0.05)
         assert (col.stored, col.invalid) == (3, 1), col.summary()
     assert store.counts()["total"] == 3
+
+
+# -- model inputs as standard images, regions, an old store --------------------------------------
+def _colour_input(seed: int = 0) -> np.ndarray:
+    """A 96x96 RGB model input whose channels differ everywhere (a swap cannot go unnoticed)."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    img[..., 0] = img[..., 0] // 2 + 128  # red always brighter than blue
+    img[..., 2] = img[..., 2] // 2
+    return img
+
+
+def standard_file(img: np.ndarray, fmt: str = "png") -> bytes:
+    """A model input (RGB or grey) as the wire format says: a standard PNG/JPEG file (BGR for OpenCV)."""
+    bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 else img
+    return cv2.imencode(".png" if fmt == "png" else ".jpg", bgr)[1].tobytes()
+
+
+def frame_sample(frame: np.ndarray, *, seq: int = 0, frame_id: int = 0, run_id: str = "run1",
+                 model_input: np.ndarray | None = None, fmt: str = "png", region: dict | None = None,
+                 label: str = "3") -> dict:
+    """A sample payload for a BGR ``frame``, with ``model_input`` (RGB or grey) as a standard image."""
+    png = cv2.imencode(".png", frame)[1].tobytes()
+    mi = None
+    if model_input is not None:
+        mi = messages.image_field(standard_file(model_input, fmt), fmt, model_input.shape[1], model_input.shape[0],
+                                  colour="rgb" if model_input.ndim == 3 else "grey")
+    return messages.sample(
+        device="cam1", seq=seq, run_id=run_id, ts=1795318626.0 + seq, frame_id=frame_id, model=MODEL,
+        reasons=["low_confidence"], top_k=[{"label": label, "index": int(label), "score": 0.4}],
+        scores=[0.4 if k == int(label) else 0.6 / 9 for k in range(10)],
+        stats={"confidence": 0.4, "margin": 0.1, "entropy": 0.8}, image=png, image_format="png",
+        width=frame.shape[1], height=frame.shape[0], model_input=mi, region=region)
+
+
+def _valid(msg: dict) -> dict:
+    jsonschema.validate(msg, messages.load_schema("sample"))
+    return msg
+
+
+def test_colour_model_input_is_stored_and_exported_as_the_model_saw_it(tmp_path):
+    """A colour model input read back is the RGB array the model saw; the exported file is a standard
+    image, so load_dataset (BGR -> RGB on read) gives the same pixels."""
+    rgb = _colour_input()
+    frame = np.full((120, 160, 3), 90, np.uint8)
+    store = FeedbackStore(tmp_path / "fb", labels=LABELS)
+    sid = store.add(_valid(frame_sample(frame, model_input=rgb)))
+    s = store.get(sid)
+    assert s.input_path.name == f"{sid}.png" and s.input_colour == "rgb"
+    assert np.array_equal(s.model_input(), rgb)
+    assert np.array_equal(cv2.imread(str(s.input_path))[..., ::-1], rgb)  # a standard file: BGR for OpenCV
+    store.set_label(sid, "3")
+    assert store.export_folder(tmp_path / "export") == {"3": 1}
+    ds = load_dataset(str(tmp_path / "export"), class_names=LABELS[3:4])
+    assert ds.x.shape == (1, 96, 96, 3)
+    assert np.array_equal(ds.x[0], rgb)
+
+
+def test_jpeg_model_input_is_accepted(tmp_path):
+    yy, xx = np.mgrid[0:96, 0:96]
+    rgb = np.stack([160 + xx // 2, 2 * yy, 20 + xx // 4], axis=-1).astype(np.uint8)  # smooth, red > blue
+    store = FeedbackStore(tmp_path / "fb")
+    sid = store.add(_valid(frame_sample(np.full((60, 80, 3), 90, np.uint8), model_input=rgb, fmt="jpeg")))
+    s = store.get(sid)
+    assert s.input_path.name == f"{sid}.jpg"
+    got = s.model_input()
+    assert got.shape == (96, 96, 3)
+    assert np.abs(got.astype(int) - rgb).mean() < 3  # lossy, but the channels are in RGB order
+    assert (got[..., 0].astype(int) - got[..., 2]).mean() > 100
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"width": 95}, r"\$.model_input.width/height: say 95x96 but the image is 96x96"),
+    ({"colour": "grey"}, r"\$.model_input.colour: says grey but the image has 3 channel"),
+    ({"bytes": 7}, r"\$.model_input.bytes: says 7 but the data holds"),
+    ({"format": "jpeg"}, r"\$.model_input.format: says jpeg but the data is not a JPEG file"),
+])
+def test_model_input_not_matching_its_fields_is_refused(change, message, tmp_path):
+    store = FeedbackStore(tmp_path / "fb")
+    msg = frame_sample(np.full((60, 80, 3), 90, np.uint8), model_input=_colour_input())
+    msg["model_input"].update(change)
+    with pytest.raises(FeedbackError, match=message):
+        store.add(msg)
+    assert store.invalid == 1 and store.counts()["total"] == 0
+    grey = frame_sample(np.full((60, 80, 3), 90, np.uint8), model_input=np.full((28, 28), 7, np.uint8))
+    grey["model_input"]["colour"] = "rgb"
+    with pytest.raises(FeedbackError, match=r"\$.model_input.colour: says rgb but the image has 1 channel"):
+        store.add(grey)
+
+
+def _two_digit_frame(left: str, right: str) -> np.ndarray:
+    """A 240x320 BGR frame: a big static scene and two small 40x40 digit windows at (20, 20) and (260, 180)."""
+    frame = np.zeros((240, 320, 3), np.uint8)
+    cv2.rectangle(frame, (0, 0), (320, 120), (200, 160, 90), -1)
+    cv2.circle(frame, (160, 150), 60, (40, 200, 240), -1)
+    for (x, y), d in (((20, 20), left), ((260, 180), right)):
+        frame[y:y + 40, x:x + 40] = 255
+        cv2.putText(frame, d, (x + 8, y + 33), cv2.FONT_HERSHEY_SIMPLEX, 1.1, (0, 0, 0), 3)
+    return frame
+
+
+BOXES = {"left": [20, 20, 40, 40], "right": [260, 180, 40, 40]}
+
+
+def _region_msg(frame: np.ndarray, name: str, **kw) -> dict:
+    x, y, w, h = BOXES[name]
+    crop = cv2.cvtColor(cv2.resize(frame[y:y + h, x:x + w], (28, 28), interpolation=cv2.INTER_AREA),
+                        cv2.COLOR_BGR2GRAY)
+    return _valid(frame_sample(frame, model_input=crop, region={"name": name, "box": BOXES[name]}, **kw))
+
+
+def test_two_regions_of_one_frame_are_two_samples(tmp_path):
+    """Same device/run_id/seq/frame_id and the same frame bytes: two regions are still two samples,
+    read back with their region; each is a duplicate only of itself (a redelivery), even when the
+    two regions look alike."""
+    frame = _two_digit_frame("3", "7")
+    store = FeedbackStore(tmp_path / "fb")
+    a, b = (store.add(_region_msg(frame, name)) for name in ("left", "right"))
+    assert a is not None and b is not None
+    assert store.add(_region_msg(frame, "left")) is None and store.duplicates == 1
+    assert store.add(frame_sample(frame)) is not None  # and the whole frame (no region) is a third
+    sa, sb = store.get(a), store.get(b)
+    assert (sa.region, sa.region_box, sb.region, sb.region_box) == ("left", (20, 20, 40, 40),
+                                                                      "right", (260, 180, 40, 40))
+    assert store.get(3).region is None and store.get(3).region_box is None
+    assert np.array_equal(sa.region_image(), frame[20:60, 20:60])
+    assert "region: left [20, 20, 40, 40] (x, y, w, h)" in label_mod.describe(sa, 1, 2, LABELS)
+    # Two regions showing the same digit: identical crops, yet each region's own reading.
+    same = _two_digit_frame("4", "4")
+    assert store.add(_region_msg(same, "left", seq=1, frame_id=1)) is not None
+    assert store.add(_region_msg(same, "right", seq=1, frame_id=1)) is not None
+    assert store.counts()["total"] == 5 and store.duplicates == 1
+
+
+def test_a_region_is_deduplicated_on_what_the_model_saw_not_the_frame(tmp_path):
+    """The frame hardly changes when a small region does: judged on the frame, the next reading of
+    the region would be a 'duplicate'. Judged on the region's model input it is new; the same
+    reading again (other bytes, e.g. a new frame id) is a duplicate."""
+    first, second = _two_digit_frame("3", "7"), _two_digit_frame("8", "7")
+    assert hamming(phash(first), phash(second)) <= 4  # the frames are perceptual duplicates
+    store = FeedbackStore(tmp_path / "fb")
+    assert store.add(_region_msg(first, "left", seq=0, frame_id=0)) is not None
+    assert store.add(_region_msg(second, "left", seq=1, frame_id=1)) is not None
+    second[239, 0] = 1  # other bytes, same picture
+    assert store.add(_region_msg(second, "left", seq=2, frame_id=2)) is None
+    assert store.duplicates == 1
+
+
+# The samples table as the code before regions and model-input colours made it.
+OLD_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE seen_labels (name TEXT PRIMARY KEY, idx INTEGER NOT NULL);
+CREATE TABLE samples (
+    id INTEGER PRIMARY KEY,
+    device TEXT NOT NULL, run_id TEXT NOT NULL, seq INTEGER NOT NULL, frame_id INTEGER NOT NULL,
+    ts REAL NOT NULL, received REAL NOT NULL,
+    model_name TEXT NOT NULL, model_version TEXT NOT NULL, model_sha256 TEXT NOT NULL,
+    reasons TEXT NOT NULL, top_k TEXT NOT NULL, scores TEXT NOT NULL,
+    predicted TEXT, score REAL,
+    phash INTEGER NOT NULL, image_sha256 TEXT NOT NULL,
+    image_path TEXT NOT NULL, input_path TEXT, image_bytes INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'labelled', 'skipped')),
+    label TEXT, labelled_by TEXT, labelled_at REAL,
+    UNIQUE (device, run_id, seq, frame_id)
+);
+CREATE INDEX samples_sha ON samples (image_sha256);
+CREATE INDEX samples_device ON samples (device, id);
+CREATE INDEX samples_status ON samples (status, id);
+"""
+
+
+def test_a_store_made_by_the_old_code_opens_and_takes_new_samples(tmp_path):
+    """Its rows are kept (a legacy colour model input, RGB bytes in the PNG's BGR slots, still reads
+    as RGB and exports as a standard image), and it takes region samples sharing the old row's key."""
+    root = tmp_path / "fb"
+    (root / "images").mkdir(parents=True)
+    (root / "inputs").mkdir()
+    frame = _two_digit_frame("3", "7")
+    legacy = _colour_input(2)[:32, :32]
+    frame_png, input_png = cv2.imencode(".png", frame)[1].tobytes(), cv2.imencode(".png", legacy)[1].tobytes()
+    (root / "images" / "1.png").write_bytes(frame_png)
+    (root / "inputs" / "1.png").write_bytes(input_png)
+    db = sqlite3.connect(root / "index.sqlite")
+    db.executescript(OLD_SCHEMA)
+    db.execute("INSERT INTO samples (id, device, run_id, seq, frame_id, ts, received, model_name, model_version, "
+               "model_sha256, reasons, top_k, scores, predicted, score, phash, image_sha256, image_path, input_path, "
+               "image_bytes, status, label) VALUES (1, 'cam1', 'run1', 0, 0, 1.0, 2.0, 'm', '1', ?, "
+               "'[\"low_confidence\"]', '[{\"label\": \"3\", \"index\": 3, \"score\": 0.4}]', '[]', '3', 0.4, 5, "
+               "'x', '1.png', '1.png', ?, 'labelled', '3')",
+               ("ab" * 32, len(frame_png) + len(input_png)))
+    db.execute("INSERT INTO meta VALUES ('next_id', '2'), ('labels', ?)", (json.dumps(LABELS),))
+    db.commit()
+    db.close()
+
+    store = FeedbackStore(root)
+    cols = {r[1] for r in store._db.execute("PRAGMA table_info(samples)")}
+    assert {"region", "region_box", "input_colour"} <= cols
+    old = store.get(1)
+    assert (old.region, old.region_box, old.input_colour, old.label) == (None, None, None, "3")
+    assert np.array_equal(old.model_input(), legacy)
+    # a region sample with the old row's device/run_id/seq/frame_id: a new sample, not a duplicate
+    sid = store.add(_region_msg(frame, "left"))
+    assert sid == 2 and store.get(sid).region == "left"
+    store.set_label(sid, "3")
+    store.close()
+    with FeedbackStore(root) as again:  # opening an upgraded store changes nothing
+        assert [s.id for s in again.labelled()] == [1, 2]
+        again.export_folder(tmp_path / "export")
+    ds = load_dataset(str(tmp_path / "export"), class_names=["3"], colour="rgb", image_size=(32, 32))
+    assert np.array_equal(ds.x[list(ds.ids).index("3/1.png")], legacy)

@@ -122,16 +122,23 @@ def _paper(digit: str, x: int) -> np.ndarray:
     return frame
 
 
-def _store_sample(store, i: int, frame: np.ndarray, label: str, model_input: np.ndarray | None = None) -> None:
+def _store_sample(store, i: int, frame: np.ndarray, label: str, model_input: np.ndarray | None = None,
+                  region: dict | None = None, frame_id: int | None = None) -> int:
     png = cv2.imencode(".png", frame)[1].tobytes()
+    mi = None
+    if model_input is not None:  # grey: a standard PNG is the array as it is
+        mi = messages.image_field(cv2.imencode(".png", model_input)[1].tobytes(), "png", model_input.shape[1],
+                                  model_input.shape[0], colour="grey")
     msg = messages.sample(
-        device="cam1", seq=i, run_id="r1", ts=1795318626.0 + i, frame_id=i,
+        device="cam1", seq=i, run_id="r1", ts=1795318626.0 + i, frame_id=i if frame_id is None else frame_id,
         model={"name": "digits", "version": "1", "sha256": "ab" * 32}, reasons=["low_confidence"],
         top_k=[{"label": label, "index": int(label), "score": 0.4}], scores=[0.1] * 10,
         stats={"confidence": 0.4, "margin": 0.1, "entropy": 0.8}, image=png, image_format="png",
-        width=frame.shape[1], height=frame.shape[0],
-        model_input_png=None if model_input is None else cv2.imencode(".png", model_input)[1].tobytes())
-    store.set_label(store.add(msg), label)
+        width=frame.shape[1], height=frame.shape[0], model_input=mi, region=region)
+    sid = store.add(msg)
+    assert sid is not None, "stored as a duplicate"
+    store.set_label(sid, label)
+    return sid
 
 
 def test_stored_frames_go_through_the_bundles_preprocessing(tmp_path):
@@ -161,3 +168,51 @@ def test_stored_frames_go_through_the_bundles_preprocessing(tmp_path):
     # Without the ROI the digit finder takes the smudge: the ROI of the device config did matter.
     whole = Preprocessor(manifest.input, {"shape": [1, 28, 28, 1], "dtype": np.int8, "quantization": (1.0, -128)})
     assert not np.array_equal(ds.x[0, ..., 0], whole.image(frames[0]))
+
+
+def _two_digits() -> np.ndarray:
+    """A 120x200 BGR frame: a "3" on the left, a "7" in the middle, a dark smudge on the right edge."""
+    frame = np.full((120, 200, 3), 210, np.uint8)
+    cv2.putText(frame, "3", (15, 80), cv2.FONT_HERSHEY_SIMPLEX, 2.0, (40, 40, 40), 5)
+    cv2.putText(frame, "7", (105, 80), cv2.FONT_HERSHEY_SIMPLEX, 2.0, (40, 40, 40), 5)
+    cv2.rectangle(frame, (175, 20), (195, 100), (30, 30, 30), -1)
+    return frame
+
+
+def test_a_region_samples_frame_is_cropped_to_its_box(tmp_path, caplog):
+    """Two regions of one frame, without a usable model input: each frame is cropped to its own
+    region's pixel box before the device's preprocessing; the device config's ROI does not apply to
+    them. A box that does not fit the stored frame leaves its sample out, with a warning."""
+    import logging
+
+    from train.loop.retrain import frame_preprocessor, load_feedback
+    from train.loop.store import FeedbackStore
+
+    frame = _two_digits()
+    left, right = [0, 0, 80, 120], [90, 0, 80, 120]
+    with FeedbackStore(tmp_path / "fb", labels=LABELS, dedup_distance=-1) as store:
+        a = _store_sample(store, 0, frame, "3", region={"name": "left", "box": left})
+        b = _store_sample(store, 0, frame, "7", model_input=np.zeros((14, 14), np.uint8),  # another shape
+                          region={"name": "right", "box": right})
+        _store_sample(store, 0, frame, "1", region={"name": "far", "box": [150, 0, 100, 120]})
+    manifest, config = _digit_manifest(), PreprocessSettings(roi=[0.5, 0.0, 0.5, 1.0])
+    caplog.set_level(logging.WARNING, logger="train.loop.retrain")
+    ds = load_feedback(tmp_path / "fb", LABELS, (28, 28, 1), manifest=manifest, preprocess=config)
+    assert list(ds.ids) == [a, b] and list(ds.y) == [3, 7]
+    assert "sample 3 left out: region 'far' box [150, 0, 100, 120] reaches outside its 200x120 frame" in caplog.text
+
+    detail = {"shape": [1, 28, 28, 1], "dtype": np.int8, "quantization": (1.0, -128)}
+    for got, box in zip(ds.x, (left, right)):
+        want = Preprocessor(manifest.input, detail, roi=box).image(frame)
+        assert np.array_equal(got[..., 0], want)
+        assert want.mean() < 60 and want.max() > 200
+    assert not np.array_equal(ds.x[0], ds.x[1])
+    by_config = Preprocessor(manifest.input, detail, roi=config.roi).image(frame)  # would find the "7" or the smudge
+    assert not np.array_equal(ds.x[0, ..., 0], by_config)
+
+    # A region the device config names is fitted with that region's resize mode.
+    regions = PreprocessSettings(regions={"left": {"roi": [0.0, 0.0, 0.4, 1.0], "resize": "letterbox"}},
+                                 resize="centre_crop")
+    pre = frame_preprocessor((28, 28, 1), None, regions, box=left, region="left")
+    assert pre.roi == (0, 0, 80, 120) and pre.resize_mode == "letterbox"
+    assert frame_preprocessor((28, 28, 1), None, regions, box=right, region="right").resize_mode == "centre_crop"

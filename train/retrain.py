@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feedback", required=True, help="a train.collect store, or any dataset train.data reads")
     p.add_argument("--bundle", help="the bundle the devices run now: its preprocessing, target and name are reused")
     p.add_argument("--device-config", metavar="YAML",
-                   help="the devices' edge-classify config: its preprocess section (mode, roi, invert) applies to frames")
+                   help="the devices' edge-classify config: its preprocess section (mode, roi, resize, regions, invert) applies to frames")
     p.add_argument("--target", help="export target when no --bundle is given (rpi, coral, jetson, cpu)")
     p.add_argument("--no-export", action="store_true", help="write the run only")
     p.add_argument("--version", help="version of the new bundle (default: the new run's name)")

@@ -71,3 +71,64 @@ def write_blank_video(path: str | Path, n: int, size: tuple[int, int] = (640, 48
         writer.write(np.clip(rng.normal(200, 3, (size[1], size[0], 3)), 0, 255).astype(np.uint8))
     writer.release()
     return Path(path)
+
+
+def cluttered_scene(rng: np.random.Generator, size: tuple[int, int] = (640, 480),
+                    clutter: np.ndarray | None = None) -> np.ndarray:
+    """A BGR background full of edges and colour: random rectangles and circles, other photos
+    (``clutter``: RGB images, pasted at random sizes) and sensor noise."""
+    w, h = size
+    img = np.empty((h, w, 3), np.uint8)
+    img[:] = rng.integers(40, 200, 3)
+    for _ in range(25):
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
+        if rng.random() < 0.5:
+            cv2.rectangle(img, (x, y), (x + int(rng.integers(10, 160)), y + int(rng.integers(10, 120))), colour, -1)
+        else:
+            cv2.circle(img, (x, y), int(rng.integers(5, 60)), colour, -1)
+    for photo in [] if clutter is None else clutter:
+        side = int(rng.integers(24, 120))
+        x, y = int(rng.integers(0, w - side)), int(rng.integers(0, h - side))
+        img[y:y + side, x:x + side] = cv2.resize(cv2.cvtColor(photo, cv2.COLOR_RGB2BGR), (side, side))
+    noise = rng.normal(0, 3, img.shape)
+    return np.clip(img + noise, 0, 255).astype(np.uint8)
+
+
+def place(frame: np.ndarray, photo: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """``frame`` with the RGB ``photo`` scaled into ``box`` (x, y, w, h in pixels; nearest-neighbour,
+    so a whole-number scale keeps every pixel of the photo)."""
+    x, y, w, h = box
+    frame[y:y + h, x:x + w] = cv2.resize(cv2.cvtColor(photo, cv2.COLOR_RGB2BGR), (w, h), interpolation=cv2.INTER_NEAREST)
+    return frame
+
+
+def region_frames(regions: dict[str, tuple[tuple[int, int, int, int], np.ndarray]], seed: int = 0,
+                  size: tuple[int, int] = (640, 480), clutter: np.ndarray | None = None):
+    """Frames of a fixed camera: each named region ``box`` shows the next of its RGB photos, over a
+    cluttered scene that changes every frame. Yields BGR frames, as many as the shortest photo list."""
+    rng = np.random.default_rng(seed)
+    n = min(len(photos) for _, photos in regions.values())
+    for i in range(n):
+        pick = None if clutter is None else clutter[rng.integers(0, len(clutter), 6)]
+        frame = cluttered_scene(rng, size, pick)
+        for box, photos in regions.values():
+            place(frame, photos[i], box)
+        yield frame
+
+
+def write_region_video(path: str | Path, regions: dict[str, tuple[tuple[int, int, int, int], np.ndarray]],
+                       fps: float = 10, size: tuple[int, int] = (640, 480), seed: int = 0,
+                       clutter: np.ndarray | None = None, quality: int = 95) -> Path:
+    """:func:`region_frames` as an MJPG video (``quality`` of its JPEG frames, 0..100)."""
+    path = Path(path)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    if not writer.isOpened():
+        raise RuntimeError(f"cv2.VideoWriter cannot write {path} with MJPG")
+    writer.set(cv2.VIDEOWRITER_PROP_QUALITY, quality)
+    try:
+        for frame in region_frames(regions, seed, size, clutter):
+            writer.write(frame)
+    finally:
+        writer.release()
+    return path

@@ -39,15 +39,28 @@ def terminal_art(img: np.ndarray, max_width: int = 40) -> str:
     return "\n".join("".join(RAMP[v] * 2 for v in row) for row in levels)
 
 
+def shown(s: Sample) -> tuple[str, np.ndarray]:
+    """What to show of a sample, in OpenCV's channel order (BGR or HxW grey): the model input when
+    sent, else the frame (its region's part, for a region sample whose box fits the frame)."""
+    img = s.model_input()
+    if img is not None:
+        return "model input", cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 else img
+    if s.region_box is not None:
+        try:
+            return f"region {s.region} of the frame", s.region_image()
+        except FeedbackError:
+            pass
+    return "frame", s.image()
+
+
 def describe(s: Sample, n: int, total: int, labels: list[str]) -> str:
     guesses = ", ".join(f"{c['label']} {c['score']:.2f}" for c in s.top_k) or "(none)"
-    img = s.model_input()
-    what = "model input" if img is not None else "frame"
-    img = img if img is not None else s.image()
+    what, img = shown(s)
     choices = " ".join(labels) if labels == [str(i) for i in range(len(labels))] else \
         " ".join(f"{i}:{x}" for i, x in enumerate(labels))
+    region = f"region: {s.region} {list(s.region_box)} (x, y, w, h)\n" if s.region is not None else ""
     return (f"\n[{n}/{total}] sample {s.id}  device {s.device}  model {s.model_name} v{s.model_version}\n"
-            f"reasons: {', '.join(s.reasons)}\nmodel's guesses: {guesses}\n"
+            f"{region}reasons: {', '.join(s.reasons)}\nmodel's guesses: {guesses}\n"
             f"{what} ({img.shape[1]}x{img.shape[0]}):\n{terminal_art(img)}\nlabels: {choices}")
 
 
@@ -86,8 +99,7 @@ class _Window:
     def show(self, s: Sample) -> None:
         if not self.on:
             return
-        img = s.model_input()
-        img = img if img is not None else s.image()
+        _, img = shown(s)
         scale = max(1, 280 // max(img.shape[:2]))
         try:
             cv2.imshow("train.label", cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST))

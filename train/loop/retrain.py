@@ -6,11 +6,13 @@ The library of ``python -m train.retrain`` (its doc says what the job does, flag
 (and EWC), and :func:`retrain` runs the whole job: a new run directory, ``retrain.json``, a bundle.
 
 A stored sample's ``model_input`` (what the device fed the model) is its training image as it
-is. A frame without one (a device sends none larger than 64x64x3 values) or with one of another shape
-goes through the device's own preprocessing, :class:`sdk.preprocess.Preprocessor` built from
-the base bundle's manifest (colour, resize mode, polarity, digit mode), with a device config's
-``preprocess`` settings (mode, region of interest, invert) on top when given: samples do not
-record those.
+is. A frame without one (or with one of another shape) goes through the device's own
+preprocessing, :class:`sdk.preprocess.Preprocessor` built from the base bundle's manifest (colour,
+resize mode, polarity, digit mode), with a device config's ``preprocess`` settings (mode, region
+of interest, resize, invert) on top when given: samples do not record those. A region sample
+(a device classifying named regions) records its region's pixel box: its frame is cropped to that
+box, not to the config's ``roi`` (which applies only to samples without a region), and fitted
+with the config's resize mode for that region when the config names it.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -30,6 +32,7 @@ from sdk.config import PreprocessSettings
 from sdk.preprocess import Preprocessor
 from train.data import DataError, Dataset, load_dataset, stratified_sample
 from train.errors import UsageError
+from train.loop.samples import Sample
 from train.loop.store import FeedbackStore
 from train.runs import MODEL_FILE, Run, RunError, load_run, mark_latest
 
@@ -55,12 +58,15 @@ class RetrainSettings:
 # Feedback -> Dataset
 # --------------------------------------------------------------------------------------------
 def frame_preprocessor(input_shape: tuple[int, int, int], manifest: Manifest | None = None,
-                       settings: PreprocessSettings | None = None) -> Preprocessor:
+                       settings: PreprocessSettings | None = None, *, box: Sequence[int] | None = None,
+                       region: str | None = None) -> Preprocessor:
     """The device's preprocessing of a frame, at the run's input size (height, width, channels).
 
     ``manifest``: the bundle the devices ran (its colour, resize mode, polarity and digit mode);
-    ``settings``: their config's ``preprocess`` section (mode, ROI, invert). Without a manifest, a
-    plain stretch resize in the run's colour, never inverted.
+    ``settings``: their config's ``preprocess`` section (mode, ROI, resize, invert). Without a
+    manifest, a plain stretch resize in the run's colour, never inverted. ``box``: a region
+    sample's ``[x, y, w, h]`` in pixels of the frame, which replaces the config's ROI; ``region``:
+    its name, whose ``resize`` the config's ``regions`` may set.
     """
     h, w, c = input_shape
     shape = [1, h, w, c]
@@ -69,9 +75,15 @@ def frame_preprocessor(input_shape: tuple[int, int, int], manifest: Manifest | N
     else:
         spec = InputSpec(shape=shape, dtype="float32", colour="rgb" if c == 3 else "grey")
     s = settings or PreprocessSettings()
+    roi, resize = s.roi, s.resize
+    if box is not None:
+        roi = [int(v) for v in box]
+        named = (s.regions or {}).get(region) if region is not None else None
+        if named is not None and named.resize != "auto":
+            resize = named.resize
     # Only Preprocessor.image() is used (the run's model takes raw pixels), so the dtype is moot.
     detail = {"shape": shape, "dtype": np.float32, "quantization": (0.0, 0)}
-    return Preprocessor(spec, detail, mode=s.mode, roi=s.roi, invert=s.invert)
+    return Preprocessor(spec, detail, mode=s.mode, roi=roi, invert=s.invert, resize_mode=resize)
 
 
 def model_image(pre: Preprocessor, frame: np.ndarray) -> np.ndarray:
@@ -88,7 +100,26 @@ def _fits(img: np.ndarray, shape: tuple[int, int, int]) -> bool:
     return img.shape[:2] == tuple(shape[:2]) and (img.shape[2] if img.ndim == 3 else 1) == shape[2]
 
 
-def _store_dataset(path: Path, class_names: list[str], pre: Preprocessor, from_manifest: bool) -> Dataset:
+def _from_frame(s: Sample, shape: tuple[int, int, int], manifest: Manifest | None,
+                settings: PreprocessSettings | None, cache: dict) -> np.ndarray | None:
+    """A sample's frame as the model's picture: through the device's preprocessing, cropped to its
+    region's box (one Preprocessor per box, kept in ``cache``). None, with a warning, when the box
+    does not fit the stored frame (a frame sent downscaled: the box is in the captured frame's pixels)."""
+    frame = s.image()
+    if s.region_box is not None:
+        x, y, w, h = s.region_box
+        if x + w > frame.shape[1] or y + h > frame.shape[0]:
+            logger.warning("sample %d left out: region %r box %s reaches outside its %dx%d frame (sent downscaled?)",
+                           s.id, s.region, list(s.region_box), frame.shape[1], frame.shape[0])
+            return None
+    key = (s.region_box, s.region if s.region_box is not None else None)
+    if key not in cache:
+        cache[key] = frame_preprocessor(shape, manifest, settings, box=s.region_box, region=s.region)
+    return model_image(cache[key], frame)
+
+
+def _store_dataset(path: Path, class_names: list[str], input_shape: tuple[int, int, int], manifest: Manifest | None,
+                   settings: PreprocessSettings | None) -> Dataset:
     with FeedbackStore(path) as store:
         samples = store.labelled()
     if not samples:
@@ -97,20 +128,26 @@ def _store_dataset(path: Path, class_names: list[str], pre: Preprocessor, from_m
     if unknown:
         raise DataError(f"{path}: labels {unknown} are not classes of the base model; valid: {class_names} "
                         "(adding classes needs a new training run)")
-    shape = (pre.height, pre.width, pre.channels)
-    xs, from_frames = [], 0
+    shape = tuple(input_shape)
+    xs, kept, from_frames, cache = [], [], 0, {}
     for s in samples:
         img = s.model_input()
         if img is None or not _fits(img, shape):
-            img, from_frames = model_image(pre, s.image()), from_frames + 1
+            img = _from_frame(s, shape, manifest, settings, cache)
+            if img is None:
+                continue
+            from_frames += 1
         xs.append(img.reshape(shape).astype(np.uint8, copy=False))
+        kept.append(s)
     if from_frames:
-        how = "the bundle's preprocessing" if from_manifest else "a plain resize (no bundle given)"
-        log = logger.info if from_manifest else logger.warning
+        how = "the bundle's preprocessing" if manifest is not None else "a plain resize (no bundle given)"
+        log = logger.info if manifest is not None else logger.warning
         log("%d of %d feedback samples had no model input of shape %s; their frames went through %s",
             from_frames, len(samples), shape, how)
-    return Dataset(np.stack(xs), np.array([class_names.index(s.label) for s in samples]), class_names,
-                   source=str(path), ids=np.array([s.id for s in samples]), groups=np.array([s.device for s in samples]))
+    if not kept:
+        raise DataError(f"{path}: none of the {len(samples)} labelled samples could be made a model input")
+    return Dataset(np.stack(xs), np.array([class_names.index(s.label) for s in kept]), class_names,
+                   source=str(path), ids=np.array([s.id for s in kept]), groups=np.array([s.device for s in kept]))
 
 
 def load_feedback(spec: str | Path, class_names: list[str], input_shape: tuple[int, int, int], *,
@@ -118,14 +155,14 @@ def load_feedback(spec: str | Path, class_names: list[str], input_shape: tuple[i
     """Labelled feedback as a Dataset in the model's input space.
 
     A ``train.collect`` store (a folder with ``index.sqlite``) gives its labelled samples, each as
-    the ``model_input`` the device saw, or its frame through :func:`frame_preprocessor` (``manifest``,
-    ``preprocess``) when the device sent none of the input's shape; anything else goes through
-    ``load_dataset``. Labels must be among ``class_names``.
+    the ``model_input`` the device saw, or its frame (cropped to its region's box, for a region
+    sample) through :func:`frame_preprocessor` (``manifest``, ``preprocess``) when the device sent
+    none of the input's shape; anything else goes through ``load_dataset``. Labels must be among
+    ``class_names``.
     """
     path = Path(spec)
     if (path / "index.sqlite").is_file():
-        pre = frame_preprocessor(input_shape, manifest, preprocess)
-        return _store_dataset(path, class_names, pre, from_manifest=manifest is not None)
+        return _store_dataset(path, class_names, input_shape, manifest, preprocess)
     ds = load_dataset(str(path), image_size=input_shape[:2], colour="rgb" if input_shape[-1] == 3 else "grey")
     if ds.y is None:
         raise DataError(f"{path}: the feedback has no labels")

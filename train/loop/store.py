@@ -4,18 +4,26 @@ A store is a folder::
 
     index.sqlite        one row per sample (WAL; safe to read while a collector writes)
     images/<id>.png|jpg the frame the device sent, bytes as received
-    inputs/<id>.png     what the model saw (the payload's ``model_input``), when sent
+    inputs/<id>.png|jpg what the model saw (the payload's ``model_input``), bytes as received, when sent
 
 ``add(msg)`` takes an ``edgeclf/sample/v1`` payload (see docs/mqtt.md): it validates it against
-the JSON schema, drops duplicates (the same ``device, run_id, seq, frame_id`` key, i.e. an
-at-least-once redelivery; the same image bytes; or a perceptual hash within ``dedup_distance``
-bits of a recent sample of the same device), writes the files (temp name, fsync, rename) and only
-then commits the row, so a crash never leaves a row without its files (orphan files are swept at
-the next open). Disk use is bounded by ``max_samples`` and ``max_bytes``: the oldest pending or
-skipped samples go first, labelled ones only when nothing else is left.
+the JSON schema and checks that each image's bytes, size (and the model input's colour) are what
+the payload says. A device classifying named regions of its frames sends one sample per region
+(``region``: name and pixel box); a sample is identified by its region as well as its frame.
+Duplicates are dropped: the same ``device, run_id, seq, frame_id, region`` key (an at-least-once
+redelivery); the same image bytes for the same region; or a perceptual hash within
+``dedup_distance`` bits of a recent sample of the same device and region. The hash is of what was
+classified: the frame, or for a region sample its model input (the region as the model saw it;
+the frame's crop when none was sent), so the regions of one frame are never compared with each
+other, and a change inside a small region is not drowned by the unchanged rest of the frame.
+``add`` writes the files (temp name, fsync, rename) and only then commits the row, so a crash
+never leaves a row without its files (orphan files are swept at the next open). Disk use is
+bounded by ``max_samples`` and ``max_bytes``: the oldest pending or skipped samples go first,
+labelled ones only when nothing else is left.
 
 Labels come from ``labels`` given once (kept in the store), else from the labels the devices'
 ``top_k`` named, in the model's index order. A stored sample is a :class:`train.loop.samples.Sample`.
+A store made by earlier code is brought to the current layout when opened (its rows kept).
 Needs numpy, OpenCV, jsonschema and the standard library only (no TensorFlow, no MQTT).
 """
 from __future__ import annotations
@@ -40,6 +48,7 @@ import jsonschema
 import numpy as np
 
 from sdk.messages import load_schema
+from sdk.preprocess import crop_roi
 from sdk.uncertainty import hamming, phash
 from train.loop.samples import FeedbackError, Sample
 
@@ -47,28 +56,39 @@ logger = logging.getLogger(__name__)
 
 STATUSES = ("pending", "labelled", "skipped")
 _EXT = {"png": "png", "jpeg": "jpg"}
+_MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "jpeg": b"\xff\xd8\xff"}
+_CHANNELS = {"grey": 1, "rgb": 3}
 _U64 = (1 << 64) - 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS seen_labels (name TEXT PRIMARY KEY, idx INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS samples (
+"""
+# region: '' for a sample of the whole frame (not NULL, so the UNIQUE key holds for it too);
+# region_box: JSON [x, y, w, h]; phash: of what was classified (see the module doc);
+# input_colour: the model input's colour, NULL without one or for one stored before it was sent.
+_SAMPLES = """
+CREATE TABLE IF NOT EXISTS {table} (
     id INTEGER PRIMARY KEY,
     device TEXT NOT NULL, run_id TEXT NOT NULL, seq INTEGER NOT NULL, frame_id INTEGER NOT NULL,
+    region TEXT NOT NULL DEFAULT '', region_box TEXT,
     ts REAL NOT NULL, received REAL NOT NULL,
     model_name TEXT NOT NULL, model_version TEXT NOT NULL, model_sha256 TEXT NOT NULL,
     reasons TEXT NOT NULL, top_k TEXT NOT NULL, scores TEXT NOT NULL,
     predicted TEXT, score REAL,
     phash INTEGER NOT NULL, image_sha256 TEXT NOT NULL,
-    image_path TEXT NOT NULL, input_path TEXT, image_bytes INTEGER NOT NULL,
+    image_path TEXT NOT NULL, input_path TEXT, input_colour TEXT, image_bytes INTEGER NOT NULL,
     status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'labelled', 'skipped')),
     label TEXT, labelled_by TEXT, labelled_at REAL,
-    UNIQUE (device, run_id, seq, frame_id)
-);
+    UNIQUE (device, run_id, seq, frame_id, region)
+)
+"""
+_INDEXES = """
 CREATE INDEX IF NOT EXISTS samples_sha ON samples (image_sha256);
-CREATE INDEX IF NOT EXISTS samples_device ON samples (device, id);
+CREATE INDEX IF NOT EXISTS samples_region ON samples (device, region, id);
 CREATE INDEX IF NOT EXISTS samples_status ON samples (status, id);
 """
+_ADDED = ("region", "region_box", "input_colour")  # columns a store made by earlier code lacks
 
 
 @dataclass
@@ -91,6 +111,40 @@ def _decode_image(data: bytes, where: str) -> np.ndarray:
     if img is None:
         raise FeedbackError(f"{where}: the bytes are not a decodable image")
     return img
+
+
+def _decode_field(field: dict, where: str) -> tuple[bytes, np.ndarray]:
+    """An image field's bytes and decoded image, checked against its ``bytes``, ``format``, ``width``
+    and ``height``; FeedbackError naming the field that does not match."""
+    data = _decode_b64(field["data"], f"{where}.data")
+    if len(data) != field["bytes"]:
+        raise FeedbackError(f"{where}.bytes: says {field['bytes']} but the data holds {len(data)} bytes")
+    fmt = field["format"]
+    if not data.startswith(_MAGIC[fmt]):
+        raise FeedbackError(f"{where}.format: says {fmt} but the data is not a {fmt.upper()} file")
+    img = _decode_image(data, f"{where}.data ({fmt})")
+    if img.shape[:2] != (field["height"], field["width"]):
+        raise FeedbackError(f"{where}.width/height: say {field['width']}x{field['height']} but the image is "
+                            f"{img.shape[1]}x{img.shape[0]}")
+    return data, img
+
+
+def _check_colour(field: dict, img: np.ndarray, where: str) -> None:
+    channels = img.shape[2] if img.ndim == 3 else 1
+    if channels != _CHANNELS[field["colour"]]:
+        raise FeedbackError(f"{where}.colour: says {field['colour']} but the image has {channels} channel(s)")
+    if img.dtype != np.uint8:
+        raise FeedbackError(f"{where}.data: a {img.dtype.itemsize * 8}-bit image; a model input is 8-bit")
+
+
+def _region(msg: dict) -> tuple[str, tuple[int, int, int, int] | None]:
+    """``(name, box)`` of a sample's region; ``("", None)`` for a sample of the whole frame."""
+    if "region" not in msg:
+        return "", None
+    box = tuple(int(v) for v in msg["region"]["box"])
+    if box[2] < 1 or box[3] < 1:
+        raise FeedbackError(f"$.region.box: [x, y, w, h] needs w, h >= 1 (got {list(box)})")
+    return msg["region"]["name"], box
 
 
 def _signed(h: int) -> int:
@@ -148,6 +202,8 @@ class FeedbackStore:
         # FULL: a sample is acknowledged to the broker right after its commit, so the commit must be on disk
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._upgrade()
+        self._db.executescript(_INDEXES)
         with self._tx():
             for key, value in (("labels", labels), ("max_samples", max_samples), ("max_bytes", max_bytes)):
                 if value is not None:
@@ -172,6 +228,28 @@ class FeedbackStore:
         with self._lock:
             row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
+
+    def _upgrade(self) -> None:
+        """Create the samples table, or bring one made by earlier code to the current layout. sqlite
+        cannot change a UNIQUE constraint in place (the region joined the key), so an old table is
+        rebuilt: every row copied, the new columns at their defaults (no region, legacy model input)."""
+        db = self._db
+        with self._tx():
+            have = [r[1] for r in db.execute("PRAGMA table_info(samples)")]
+            if not have:
+                db.execute(_SAMPLES.format(table="samples"))
+                return
+            if all(c in have for c in _ADDED):
+                return
+            db.execute("DROP TABLE IF EXISTS samples_upgrade")
+            db.execute(_SAMPLES.format(table="samples_upgrade"))
+            new = {r[1] for r in db.execute("PRAGMA table_info(samples_upgrade)")}
+            cols = ", ".join(c for c in have if c in new)
+            n = db.execute(f"INSERT INTO samples_upgrade ({cols}) SELECT {cols} FROM samples").rowcount
+            db.execute("DROP TABLE samples")
+            db.execute("ALTER TABLE samples_upgrade RENAME TO samples")
+        logger.info("%s: upgraded the index to the current layout (%d samples kept; added %s)", self.path, n,
+                    ", ".join(c for c in _ADDED if c not in have))
 
     def _sweep_orphans(self) -> None:
         """Delete files without a row, left by a crash between a file write and its commit, or during
@@ -227,25 +305,19 @@ class FeedbackStore:
         """Store a sample payload; its new id, or None for a duplicate. Raises FeedbackError if invalid."""
         try:
             self._validate(msg)
-            img = msg["image"]
-            data = _decode_b64(img["data"], "$.image.data")
-            if len(data) != img["bytes"]:
-                raise FeedbackError(f"$.image.bytes: says {img['bytes']} but the data holds {len(data)} bytes")
-            frame = _decode_image(data, f"$.image.data ({img['format']})")
-            if frame.shape[:2] != (img["height"], img["width"]):
-                raise FeedbackError(f"$.image.width/height: say {img['width']}x{img['height']} but the image is "
-                                    f"{frame.shape[1]}x{frame.shape[0]}")
-            input_png = None
+            data, frame = _decode_field(msg["image"], "$.image")
+            input_data = model_input = None
             if "model_input" in msg:
-                input_png = _decode_b64(msg["model_input"]["data"], "$.model_input.data")
-                _decode_image(input_png, "$.model_input.data (png)")
+                input_data, model_input = _decode_field(msg["model_input"], "$.model_input")
+                _check_colour(msg["model_input"], model_input, "$.model_input")
+            region, box = _region(msg)
         except FeedbackError:
             self.invalid += 1
             raise
-        h = _signed(phash(frame))
+        h = _signed(phash(self._subject(frame, model_input, box)))
         sha = hashlib.sha256(data).hexdigest()
         with self._tx():
-            new_id = self._insert(msg, data, input_png, h, sha)
+            new_id = self._insert(msg, region, box, data, input_data, h, sha)
             evicted = self._evict(new_id) if new_id is not None else []
         for p in evicted:
             p.unlink(missing_ok=True)
@@ -255,43 +327,63 @@ class FeedbackStore:
             self.stored += 1
         return new_id
 
-    def _is_duplicate(self, msg: dict, h: int, sha: str) -> str | None:
+    @staticmethod
+    def _subject(frame: np.ndarray, model_input: np.ndarray | None, box: tuple | None) -> np.ndarray:
+        """What a sample's perceptual hash is of: the frame; for a region sample the model input (the
+        region as the model saw it, whatever the frame's scale), else the frame's crop to the box."""
+        if box is None:
+            return frame
+        if model_input is not None:
+            return model_input
+        try:
+            return crop_roi(frame, box)
+        except ValueError:  # the box lies outside a frame sent downscaled: hash the frame
+            return frame
+
+    def _is_duplicate(self, msg: dict, region: str, h: int, sha: str) -> str | None:
         db = self._db
-        key = (msg["device"], msg["run_id"], msg["seq"], msg["frame_id"])
-        row = db.execute("SELECT id FROM samples WHERE device=? AND run_id=? AND seq=? AND frame_id=?", key).fetchone()
+        key = (msg["device"], msg["run_id"], msg["seq"], msg["frame_id"], region)
+        row = db.execute("SELECT id FROM samples WHERE device=? AND run_id=? AND seq=? AND frame_id=? AND region=?",
+                         key).fetchone()
         if row:
-            return f"same device/run_id/seq/frame_id as sample {row[0]}"
-        row = db.execute("SELECT id FROM samples WHERE image_sha256 = ?", (sha,)).fetchone()
+            return f"same device/run_id/seq/frame_id/region as sample {row[0]}"
+        row = db.execute("SELECT id FROM samples WHERE image_sha256 = ? AND region = ?", (sha, region)).fetchone()
         if row:
-            return f"same image bytes as sample {row[0]}"
-        for other_id, other in db.execute("SELECT id, phash FROM samples WHERE device = ? ORDER BY id DESC LIMIT ?",
-                                          (msg["device"], self.dedup_window)):
+            return f"same image bytes and region as sample {row[0]}"
+        for other_id, other in db.execute("SELECT id, phash FROM samples WHERE device = ? AND region = ? "
+                                          "ORDER BY id DESC LIMIT ?", (msg["device"], region, self.dedup_window)):
             if hamming(h & _U64, other & _U64) <= self.dedup_distance:
                 return f"perceptual hash within {self.dedup_distance} bits of sample {other_id}"
         return None
 
-    def _insert(self, msg: dict, data: bytes, input_png: bytes | None, h: int, sha: str):
-        dup = self._is_duplicate(msg, h, sha)
+    def _insert(self, msg: dict, region: str, box: tuple | None, data: bytes, input_data: bytes | None, h: int,
+                sha: str):
+        dup = self._is_duplicate(msg, region, h, sha)
         if dup:
-            logger.debug("duplicate sample from %s (seq %s): %s", msg["device"], msg["seq"], dup)
+            logger.debug("duplicate sample from %s (seq %s%s): %s", msg["device"], msg["seq"],
+                         f", region {region}" if region else "", dup)
             return None
         db = self._db
         new_id = self._meta("next_id") or 1  # ids are never reused, even after an eviction
         image_path = self.images_dir / f"{new_id}.{_EXT[msg['image']['format']]}"
-        input_path = self.inputs_dir / f"{new_id}.png" if input_png is not None else None
+        mi = msg.get("model_input")
+        input_path = self.inputs_dir / f"{new_id}.{_EXT[mi['format']]}" if mi is not None else None
         _write_file(image_path, data)
         if input_path is not None:
-            _write_file(input_path, input_png)
+            _write_file(input_path, input_data)
         top = msg["top_k"]
         db.execute(
-            "INSERT INTO samples (id, device, run_id, seq, frame_id, ts, received, model_name, model_version,"
-            " model_sha256, reasons, top_k, scores, predicted, score, phash, image_sha256, image_path, input_path,"
-            " image_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (new_id, msg["device"], msg["run_id"], msg["seq"], msg["frame_id"], msg["ts"], time.time(),
+            "INSERT INTO samples (id, device, run_id, seq, frame_id, region, region_box, ts, received, model_name,"
+            " model_version, model_sha256, reasons, top_k, scores, predicted, score, phash, image_sha256, image_path,"
+            " input_path, input_colour, image_bytes)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (new_id, msg["device"], msg["run_id"], msg["seq"], msg["frame_id"], region,
+             json.dumps(list(box)) if box is not None else None, msg["ts"], time.time(),
              msg["model"]["name"], msg["model"]["version"], msg["model"]["sha256"], json.dumps(msg["reasons"]),
              json.dumps(top), json.dumps(msg["scores"]), top[0]["label"] if top else None,
              top[0]["score"] if top else None, h, sha, image_path.name,
-             input_path.name if input_path else None, len(data) + len(input_png or b"")))
+             input_path.name if input_path else None, mi["colour"] if mi is not None else None,
+             len(data) + len(input_data or b"")))
         db.executemany("INSERT OR IGNORE INTO seen_labels VALUES (?, ?)", [(c["label"], c["index"]) for c in top])
         db.execute("INSERT OR REPLACE INTO meta VALUES ('next_id', ?)", (json.dumps(new_id + 1),))
         return new_id
@@ -331,7 +423,9 @@ class FeedbackStore:
             reasons=json.loads(r["reasons"]), top_k=json.loads(r["top_k"]), scores=json.loads(r["scores"]),
             predicted=r["predicted"], score=r["score"], label=r["label"], status=r["status"],
             image_path=self.images_dir / r["image_path"],
-            input_path=self.inputs_dir / r["input_path"] if r["input_path"] else None)
+            input_path=self.inputs_dir / r["input_path"] if r["input_path"] else None,
+            region=r["region"] or None, region_box=tuple(json.loads(r["region_box"])) if r["region_box"] else None,
+            input_colour=r["input_colour"])
 
     def _select(self, where: str, args: tuple = (), limit: int | None = None) -> list[Sample]:
         sql = f"SELECT * FROM samples WHERE {where} ORDER BY id" + (" LIMIT ?" if limit is not None else "")
@@ -434,9 +528,12 @@ class FeedbackStore:
 
     # -- export ---------------------------------------------------------------------------
     def export_folder(self, out_dir: str | os.PathLike) -> dict[str, int]:
-        """Write the labelled samples as ``out_dir/<label>/<id>.png`` (the model input when sent, else
-        the frame) plus ``labels.txt`` (the label order), readable by ``train.data.load_dataset``.
-        ``out_dir`` must be new or empty. Returns the count per label."""
+        """Write the labelled samples as ``out_dir/<label>/<id>.png|jpg`` plus ``labels.txt`` (the label
+        order), readable by ``train.data.load_dataset``: the model input when sent (its file as received;
+        a legacy colour one, stored with its channels swapped, re-encoded as a standard PNG), else the
+        frame, cropped to the sample's region when it has one (a region box that does not fit the
+        stored frame leaves the sample out, with a warning). ``out_dir`` must be new or empty. Returns
+        the count per label."""
         out = Path(out_dir)
         if out.exists() and any(out.iterdir()):
             raise FeedbackError(f"{out}: not empty; export into a new folder")
@@ -447,11 +544,39 @@ class FeedbackStore:
                                     "load the labelled samples with FeedbackStore.labelled() instead")
         out.mkdir(parents=True, exist_ok=True)
         counts: dict[str, int] = {}
+        left_out = []
         for s in samples:
-            src = s.input_path or s.image_path
-            dest = out / s.label / f"{s.id}{src.suffix}"
+            try:
+                name, data = _export_file(s)
+            except FeedbackError as e:
+                left_out.append(str(e))
+                continue
+            dest = out / s.label / name
             dest.parent.mkdir(exist_ok=True)
-            dest.write_bytes(src.read_bytes())
+            dest.write_bytes(data)
             counts[s.label] = counts.get(s.label, 0) + 1
+        if left_out:
+            logger.warning("%s: %d labelled sample(s) left out of the export: %s", self.path, len(left_out),
+                           "; ".join(left_out))
         (out / "labels.txt").write_text("".join(f"{x}\n" for x in self.labels()))
         return counts
+
+
+def _export_file(s: Sample) -> tuple[str, bytes]:
+    """A labelled sample's exported file: ``(name, bytes)``, a standard image (see ``export_folder``)."""
+    if s.input_path is not None:
+        if s.input_colour is None:  # legacy: RGB bytes in OpenCV's BGR slots
+            img = s.model_input()
+            if img.ndim == 3:
+                return f"{s.id}.png", _encode_png(cv2.cvtColor(img[..., :3], cv2.COLOR_RGB2BGR))
+        return f"{s.id}{s.input_path.suffix}", s.input_path.read_bytes()
+    if s.region_box is None:
+        return f"{s.id}{s.image_path.suffix}", s.image_path.read_bytes()
+    return f"{s.id}.png", _encode_png(s.region_image())
+
+
+def _encode_png(img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise FeedbackError(f"cannot encode a {img.shape} image as PNG")
+    return buf.tobytes()
