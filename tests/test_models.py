@@ -35,7 +35,7 @@ def _pixels(shape, n=4, seed=0):
 
 
 def test_registry_lists_all_families():
-    assert models.list_models() == ["alexnet", "lenet5", "paper_cnn", "resnet_small", "transfer"]
+    assert models.list_models() == ["alexnet", "lenet5", "mobilenet_v2", "paper_cnn", "resnet_small", "transfer"]
     assert models.list_models("res*") == ["resnet_small"]
     info = models.model_info("lenet5")
     assert info["default_input_shape"] == (28, 28, 1)
@@ -102,7 +102,7 @@ def built():
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=["28x28x1", "32x32x3"])
-@pytest.mark.parametrize("name", ["lenet5", "paper_cnn", "resnet_small", "alexnet", "transfer"])
+@pytest.mark.parametrize("name", ["lenet5", "paper_cnn", "resnet_small", "alexnet", "mobilenet_v2", "transfer"])
 def test_model_contract(built, name, shape):
     model = built[(name, shape)]
     assert model.input_shape == (None, *shape)
@@ -157,7 +157,7 @@ def test_softmax_stays_float32_under_mixed_precision():
         keras.mixed_precision.set_global_policy("float32")
 
 
-@pytest.mark.parametrize("name", ["lenet5", "paper_cnn", "resnet_small", "alexnet", "transfer"])
+@pytest.mark.parametrize("name", ["lenet5", "paper_cnn", "resnet_small", "alexnet", "mobilenet_v2", "transfer"])
 def test_save_load_round_trip(built, name, tmp_path):
     model = built[(name, (28, 28, 1))]
     path = tmp_path / f"{name}.keras"
@@ -211,7 +211,7 @@ def test_full_int8_tflite_runs_in_litert(built, name):
     assert abs(probs.sum() - 1.0) < 0.05
 
 
-@pytest.mark.parametrize("name", ["lenet5", "resnet_small"])
+@pytest.mark.parametrize("name", ["lenet5", "resnet_small", "mobilenet_v2"])
 def test_prune_low_magnitude_wraps_the_whole_model(built, name):
     import tensorflow_model_optimization as tfmot
 
@@ -294,3 +294,107 @@ def test_transfer_from_our_saved_lenet5(built, tmp_path):
         models.create_model("transfer", (28, 28, 3), 3, backbone_model=str(tmp_path / "model.keras"))
     resized = models.create_model("transfer", (32, 32, 1), 3, backbone_model=str(tmp_path / "model.keras"))
     assert resized.get_layer("resize").output_shape == (None, 28, 28, 1)
+
+
+# ---------------------------------------------------------------- mobilenet_v2 (issue 12)
+
+#: What an edge model for colour photos must fit: a full-INT8 .tflite of at most 1.5 MB.
+INT8_BUDGET_BYTES = 1_500_000
+
+
+def test_mobilenet_v2_picks_its_strides_from_the_input(built):
+    small = built[("mobilenet_v2", (32, 32, 3))]
+    assert small.get_layer("stem_conv").strides == (1, 1)  # the CIFAR variant: total stride 8
+    assert small.get_layer("b2_dw").strides == (1, 1)  # first 24-channel block keeps 32x32
+    assert small.get_layer("head_relu6").output_shape == (None, 4, 4, 1280)
+    full = models.create_model("mobilenet_v2", (96, 96, 3), 10)
+    assert full.get_layer("stem_conv").strides == (2, 2)  # the paper's strides: total stride 32
+    assert full.get_layer("head_relu6").output_shape == (None, 3, 3, 1280)
+    probs = full(_pixels((96, 96, 3), n=2), training=False).numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    forced = models.create_model("mobilenet_v2", (96, 96, 3), 10, scale="small")
+    assert forced.get_layer("head_relu6").output_shape == (None, 12, 12, 1280)
+
+
+def test_mobilenet_v2_is_the_paper_layout(built):
+    model = built[("mobilenet_v2", (32, 32, 3))]  # width 0.5
+    # the same weights as keras.applications.MobileNetV2(alpha=0.5, include_top=False) + a 10-way classifier
+    assert model.count_params() == 706_224 + 1280 * 10 + 10 == 719_034
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)
+             and not isinstance(layer, keras.layers.DepthwiseConv2D)]
+    assert all(layer.filters % 8 == 0 for layer in convs)
+    assert [model.get_layer(f"b{i}_project_conv").filters for i in (1, 2, 4, 7, 11, 14, 17)] == [8, 16, 16, 32, 48, 80, 160]
+    # inverted residual: expand 6x, depthwise 3x3, linear projection, identity shortcut at stride 1
+    assert model.get_layer("b3_expand_conv").filters == 6 * 16
+    assert model.get_layer("b3_dw").kernel_size == (3, 3)
+    names = {layer.name for layer in model.layers}
+    assert "b3_add" in names and "b2_add" not in names  # b2 changes the width: no shortcut
+    assert sum(isinstance(layer, keras.layers.Add) for layer in model.layers) == 10
+    assert "b1_expand_conv" not in names  # t = 1: no expansion
+    relus = [layer for layer in model.layers if isinstance(layer, keras.layers.ReLU)]
+    assert relus and all(float(layer.max_value) == 6.0 for layer in relus)
+    # the projection is linear: its batch norm feeds the shortcut Add or the next block directly
+    assert not any(layer.name.startswith("b3_project") and isinstance(layer, keras.layers.ReLU) for layer in model.layers)
+    assert not [layer.name for layer in model.layers if isinstance(layer, keras.layers.Activation)
+                and layer.name != "probs"]
+    wide = models.create_model("mobilenet_v2", (32, 32, 3), 10, width=1.0)
+    assert wide.count_params() == 2_257_984 + 1280 * 10 + 10
+
+
+@pytest.fixture(scope="module")
+def mobilenet_int8(built):
+    """The default mobilenet_v2 at 32x32x3, full-INT8 through the project's conversion (random calibration)."""
+    from train.export.conversion import convert
+
+    calibration = np.random.default_rng(3).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    return convert(built[("mobilenet_v2", (32, 32, 3))], "full_int8", representative=calibration)
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_int8_fits_the_budget_and_runs(mobilenet_int8):
+    from ai_edge_litert.interpreter import Interpreter
+
+    assert len(mobilenet_int8) <= INT8_BUDGET_BYTES, f"INT8 model is {len(mobilenet_int8):,} bytes"
+    interpreter = Interpreter(model_content=mobilenet_int8)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    assert inp["dtype"] == np.uint8 and tuple(inp["shape"]) == (1, 32, 32, 3)
+    interpreter.set_tensor(inp["index"], _pixels((32, 32, 3), n=1).astype(np.uint8))
+    interpreter.invoke()
+    scale, zero = out["quantization"]
+    probs = (interpreter.get_tensor(out["index"]).astype(np.int64) - zero) * scale
+    assert probs.shape == (1, 10) and abs(probs.sum() - 1.0) < 0.05
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_int8_maps_every_op_to_the_edge_tpu(mobilenet_int8):
+    from train.export.preflight import preflight
+
+    report = preflight(mobilenet_int8)
+    assert report.fully_mapped, report.summary()
+    ops = {o.op for o in report.ops}
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "FULLY_CONNECTED", "SOFTMAX"} <= ops
+    assert "HARD_SWISH" not in ops
+
+
+def test_mobilenet_v2_refuses_options_that_cannot_work():
+    def build(shape=(32, 32, 3), **kw):
+        return models.create_model("mobilenet_v2", shape, 10, **kw)
+
+    with pytest.raises(models.ModelOptionError, match=r"Did you mean 'small'.*Valid: auto, small, full"):
+        build(scale="smal")
+    for width in (0, -0.5, "wide", True):
+        with pytest.raises(models.ModelOptionError, match="width must be a number > 0"):
+            build(width=width)
+    with pytest.raises(models.ModelOptionError, match=r"dropout must be a number >= 0 and < 1"):
+        build(dropout=1.0)
+    with pytest.raises(models.ModelOptionError, match="weight_decay"):
+        build(weight_decay=-1e-4)
+    with pytest.raises(models.ModelOptionError, match="head_channels"):
+        build(head_channels=0)
+    with pytest.raises(models.ModelOptionError, match=r"scale='full'.*at least 32x32.*total stride 32"):
+        build((28, 28, 3), scale="full")
+    with pytest.raises(models.ModelOptionError, match=r"at least 8x8"):
+        build((6, 6, 3))
+    with pytest.raises(models.ModelOptionError, match="Did you mean 'width'"):
+        build(widht=0.5)
