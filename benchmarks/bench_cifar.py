@@ -43,7 +43,8 @@ CIFAR = SHARED / "cifar10-jpeg" / "cifar10-jpeg.zip"
 CACHE = HERE / "cache"
 RESULTS = HERE / "results"
 
-RECIPE_EPOCHS = 100
+#: The recipe's epochs per model; fewer epochs (or --train-limit) makes a short run.
+RECIPE_EPOCHS = {"fast_cnn": 40, "mobilenet_v2": 100}
 FULL_TRAIN_IMAGES = 45_000  # 50k minus the stratified 10 % validation split
 TARGETS = {"float_test": 0.90, "int8_test": 0.895, "int8_bytes": 1_500_000}
 
@@ -72,11 +73,18 @@ class EpochTimer:
         return _Timer()
 
 
+def model_kwargs(args) -> dict:
+    if args.model == "mobilenet_v2":
+        return {"width": args.width, "weight_decay": args.weight_decay, "dropout": args.dropout}
+    return {"weight_decay": args.weight_decay, "dropout": args.dropout}
+
+
 def train_config(args) -> TrainConfig:
-    name = args.run_name or f"mobilenet_v2-w{args.width:g}-e{args.epochs}-n{args.train_limit or 'all'}-s{args.seed}"
+    tag = f"-w{args.width:g}" if args.model == "mobilenet_v2" else ""
+    name = args.run_name or f"{args.model}{tag}-e{args.epochs}-n{args.train_limit or 'all'}-s{args.seed}"
     return TrainConfig(
-        model="mobilenet_v2",
-        model_kwargs={"width": args.width, "weight_decay": args.weight_decay, "dropout": args.dropout},
+        model=args.model,
+        model_kwargs=model_kwargs(args),
         data=str(args.data),
         colour="rgb",
         train_limit=args.train_limit,
@@ -85,6 +93,7 @@ def train_config(args) -> TrainConfig:
         learning_rate=args.lr,
         optimizer=args.optimizer,
         lr_schedule="cosine",
+        label_smoothing=args.label_smoothing,
         early_stopping_patience=0,
         augment=AugmentConfig(enabled=True, hflip=True, shift=0.125, rotation=0.0, zoom=0.0),
         seed=args.seed,
@@ -120,8 +129,8 @@ def train(args) -> tuple[Path, dict]:
         "val_images_per_s": round(vps, 1),
         "s_per_epoch_measured": round(_mean([t + v for t, v in zip(timer.train_s, timer.val_s)][steady]), 1),
         "s_per_epoch_full_data_est": round(full_epoch_s, 1),
-        "recipe_epochs": RECIPE_EPOCHS,
-        "recipe_hours_est": round(RECIPE_EPOCHS * full_epoch_s / 3600, 2),
+        "recipe_epochs": RECIPE_EPOCHS[args.model],
+        "recipe_hours_est": round(RECIPE_EPOCHS[args.model] * full_epoch_s / 3600, 2),
         "train_seconds": info["train_seconds"],
         "run_training_wall_s": round(wall, 1),
         "history_last": {k: round(v[-1], 4) for k, v in json.loads((run_dir / "history.json").read_text()).items()},
@@ -188,17 +197,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=str(CIFAR), help="CIFAR-10 zip (train/<class>/, test/<class>/)")
     p.add_argument("--run", help="export an existing run directory instead of training")
     p.add_argument("--run-name", help="run directory name under benchmarks/cache/cifar_runs")
-    p.add_argument("--epochs", type=int, default=RECIPE_EPOCHS)
+    p.add_argument("--model", choices=sorted(RECIPE_EPOCHS), default="fast_cnn")
+    p.add_argument("--epochs", type=int, help="default: the model's recipe (fast_cnn 40, mobilenet_v2 100)")
     p.add_argument("--width", type=float, default=0.5, help="mobilenet_v2 width multiplier")
     p.add_argument("--train-limit", type=int, help="stratified sample of N training images (a short run)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, help="default: fast_cnn 256, mobilenet_v2 128")
     p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--label-smoothing", type=float, help="default: fast_cnn 0.1, mobilenet_v2 0")
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="sgd")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 factor on the conv kernels (model option)")
-    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--weight-decay", type=float, help="L2 factor on the conv kernels (default: fast_cnn 2.5e-4, "
+                   "mobilenet_v2 5e-4)")
+    p.add_argument("--dropout", type=float, help="default: fast_cnn 0, mobilenet_v2 0.2")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--targets", nargs="+", default=["rpi"], help="export targets (rpi: full INT8 for LiteRT)")
     args = p.parse_args(argv)
+    mobile = args.model == "mobilenet_v2"
+    for flag, default in (("epochs", RECIPE_EPOCHS[args.model]), ("batch_size", 128 if mobile else 256),
+                          ("label_smoothing", 0.0 if mobile else 0.1), ("weight_decay", 5e-4 if mobile else 2.5e-4),
+                          ("dropout", 0.2 if mobile else 0.0)):
+        if getattr(args, flag) is None:
+            setattr(args, flag, default)
 
     cmd = "python benchmarks/bench_cifar.py " + " ".join(argv if argv is not None else sys.argv[1:])
     t0 = time.perf_counter()
@@ -207,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         run_dir, timing = train(args)
     config = json.loads((run_dir / "config.json").read_text())
-    short = bool(config.get("train_limit")) or config["epochs"] < RECIPE_EPOCHS
+    short = bool(config.get("train_limit")) or config["epochs"] < RECIPE_EPOCHS.get(config["model"], 0)
     exports = export(run_dir, args.targets)
     result = {
         "command": cmd,
@@ -215,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         "note": "short run: proves the path and times epochs; its accuracy is not the issue's target" if short else "",
         "run": str(run_dir),
         "config": {k: config[k] for k in ("model", "model_kwargs", "train_limit", "epochs", "batch_size",
-                                          "learning_rate", "optimizer", "lr_schedule", "augment", "seed")},
+                                          "learning_rate", "optimizer", "lr_schedule", "label_smoothing",
+                                          "augment", "seed")},
         "params": json.loads((run_dir / "run.json").read_text())["params"],
         "timing": timing,
         "exports": exports,
@@ -240,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print(r: dict) -> None:
-    print(f"\nmobilenet_v2 on CIFAR-10 ({'SHORT RUN, not the target' if r['short_run'] else 'full recipe'}): "
+    print(f"\n{r['config']['model']} on CIFAR-10 ({'SHORT RUN, not the target' if r['short_run'] else 'full recipe'}): "
           f"{r['params']:,} params, {r['config']['epochs']} epochs, train_limit {r['config']['train_limit']}")
     t = r["timing"]
     if t:

@@ -35,7 +35,7 @@ def _pixels(shape, n=4, seed=0):
 
 
 def test_registry_lists_all_families():
-    assert models.list_models() == ["alexnet", "lenet5", "mobilenet_v2", "paper_cnn", "resnet_small", "transfer"]
+    assert models.list_models() == ["alexnet", "fast_cnn", "lenet5", "mobilenet_v2", "paper_cnn", "resnet_small", "transfer"]
     assert models.list_models("res*") == ["resnet_small"]
     info = models.model_info("lenet5")
     assert info["default_input_shape"] == (28, 28, 1)
@@ -102,7 +102,7 @@ def built():
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=["28x28x1", "32x32x3"])
-@pytest.mark.parametrize("name", ["lenet5", "paper_cnn", "resnet_small", "alexnet", "mobilenet_v2", "transfer"])
+@pytest.mark.parametrize("name", ["lenet5", "paper_cnn", "resnet_small", "alexnet", "mobilenet_v2", "fast_cnn", "transfer"])
 def test_model_contract(built, name, shape):
     model = built[(name, shape)]
     assert model.input_shape == (None, *shape)
@@ -157,7 +157,7 @@ def test_softmax_stays_float32_under_mixed_precision():
         keras.mixed_precision.set_global_policy("float32")
 
 
-@pytest.mark.parametrize("name", ["lenet5", "paper_cnn", "resnet_small", "alexnet", "mobilenet_v2", "transfer"])
+@pytest.mark.parametrize("name", ["lenet5", "paper_cnn", "resnet_small", "alexnet", "mobilenet_v2", "fast_cnn", "transfer"])
 def test_save_load_round_trip(built, name, tmp_path):
     model = built[(name, (28, 28, 1))]
     path = tmp_path / f"{name}.keras"
@@ -211,7 +211,7 @@ def test_full_int8_tflite_runs_in_litert(built, name):
     assert abs(probs.sum() - 1.0) < 0.05
 
 
-@pytest.mark.parametrize("name", ["lenet5", "resnet_small", "mobilenet_v2"])
+@pytest.mark.parametrize("name", ["lenet5", "resnet_small", "mobilenet_v2", "fast_cnn"])
 def test_prune_low_magnitude_wraps_the_whole_model(built, name):
     import tensorflow_model_optimization as tfmot
 
@@ -341,21 +341,23 @@ def test_mobilenet_v2_is_the_paper_layout(built):
     assert wide.count_params() == 2_257_984 + 1280 * 10 + 10
 
 
-@pytest.fixture(scope="module")
-def mobilenet_int8(built):
-    """The default mobilenet_v2 at 32x32x3, full-INT8 through the project's conversion (random calibration)."""
+@pytest.fixture(scope="module", params=["mobilenet_v2", "fast_cnn"])
+def edge_int8(request, built):
+    """``(name, bytes)``: each colour edge model at 32x32x3, full-INT8 through the project's
+    conversion (random calibration)."""
     from train.export.conversion import convert
 
     calibration = np.random.default_rng(3).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
-    return convert(built[("mobilenet_v2", (32, 32, 3))], "full_int8", representative=calibration)
+    return request.param, convert(built[(request.param, (32, 32, 3))], "full_int8", representative=calibration)
 
 
 @pytest.mark.slow
-def test_mobilenet_v2_int8_fits_the_budget_and_runs(mobilenet_int8):
+def test_colour_edge_models_int8_fit_the_budget_and_run(edge_int8):
     from ai_edge_litert.interpreter import Interpreter
 
-    assert len(mobilenet_int8) <= INT8_BUDGET_BYTES, f"INT8 model is {len(mobilenet_int8):,} bytes"
-    interpreter = Interpreter(model_content=mobilenet_int8)
+    name, tflite = edge_int8
+    assert len(tflite) <= INT8_BUDGET_BYTES, f"{name}: INT8 model is {len(tflite):,} bytes"
+    interpreter = Interpreter(model_content=tflite)
     interpreter.allocate_tensors()
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     assert inp["dtype"] == np.uint8 and tuple(inp["shape"]) == (1, 32, 32, 3)
@@ -367,13 +369,15 @@ def test_mobilenet_v2_int8_fits_the_budget_and_runs(mobilenet_int8):
 
 
 @pytest.mark.slow
-def test_mobilenet_v2_int8_maps_every_op_to_the_edge_tpu(mobilenet_int8):
+def test_colour_edge_models_int8_map_every_op_to_the_edge_tpu(edge_int8):
     from train.export.preflight import preflight
 
-    report = preflight(mobilenet_int8)
+    name, tflite = edge_int8
+    report = preflight(tflite)
     assert report.fully_mapped, report.summary()
     ops = {o.op for o in report.ops}
-    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "FULLY_CONNECTED", "SOFTMAX"} <= ops
+    assert {"CONV_2D", "FULLY_CONNECTED", "SOFTMAX"} <= ops
+    assert {"mobilenet_v2": {"DEPTHWISE_CONV_2D", "ADD"}, "fast_cnn": {"MAX_POOL_2D"}}[name] <= ops
     assert "HARD_SWISH" not in ops
 
 
@@ -398,3 +402,39 @@ def test_mobilenet_v2_refuses_options_that_cannot_work():
         build((6, 6, 3))
     with pytest.raises(models.ModelOptionError, match="Did you mean 'width'"):
         build(widht=0.5)
+
+
+# ---------------------------------------------------------------- fast_cnn (issue 12)
+
+
+def test_fast_cnn_is_the_speed_run_layout(built):
+    model = built[("fast_cnn", (32, 32, 3))]
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == [32, 64, 64, 192, 192, 192, 192]
+    assert all(c.kernel_size == (3, 3) and not c.use_bias for c in convs)
+    # each block pools right after its first conv, so 32 -> 16 -> 8 -> 4
+    assert [model.get_layer(f"b{i}a_pool").output_shape[1] for i in (1, 2, 3)] == [16, 8, 4]
+    assert isinstance(model.get_layer("gmp"), keras.layers.GlobalMaxPooling2D)
+    assert model.get_layer("logit_scale").scale == 0.125
+    assert all(layer.momentum == 0.9 for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
+    assert model.count_params() == 1_167_722
+    assert all(c.kernel_regularizer is not None for c in convs)
+    plain = models.create_model("fast_cnn", (32, 32, 3), 10, weight_decay=0, logit_scale=1, widths=(16, 32))
+    assert "logit_scale" not in {layer.name for layer in plain.layers}
+    assert all(c.kernel_regularizer is None for c in plain.layers if isinstance(c, keras.layers.Conv2D))
+    assert plain.get_layer("b2b_conv").output_shape == (None, 8, 8, 32)
+
+
+def test_fast_cnn_refuses_options_that_cannot_work():
+    def build(shape=(32, 32, 3), **kw):
+        return models.create_model("fast_cnn", shape, 10, **kw)
+
+    for widths in ((), (64, 0), (64, 1.5), (True,)):
+        with pytest.raises(models.ModelOptionError, match="widths and stem_width must be ints >= 1"):
+            build(widths=widths)
+    with pytest.raises(models.ModelOptionError, match="logit_scale must be a number > 0"):
+        build(logit_scale=0)
+    with pytest.raises(models.ModelOptionError, match="weight_decay"):
+        build(weight_decay=-1.0)
+    with pytest.raises(models.ModelOptionError, match=r"fast_cnn needs inputs of at least 16x16.*4 blocks"):
+        build(widths=(8, 8, 8, 8), shape=(12, 12, 3))

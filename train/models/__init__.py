@@ -5,13 +5,13 @@ Every model takes raw pixels (float32 0..255, NHWC), normalises them in its firs
 tf_keras layers only, so they save/load as ``.keras`` without custom objects, convert to
 full-INT8 TFLite and can be wrapped by ``tfmot.sparsity.keras.prune_low_magnitude``.
 
-Registered: ``lenet5``, ``paper_cnn``, ``resnet_small``, ``alexnet``, ``mobilenet_v2``, ``transfer``.
+Registered: ``lenet5``, ``paper_cnn``, ``resnet_small``, ``alexnet``, ``mobilenet_v2``, ``fast_cnn``, ``transfer``.
 """
 from ._registry import ModelOptionError, ModelSpec, create_model, get_spec, list_models, model_info, register_model
 from ._tfmot import register_weightless_layers
 
 # Importing a family module registers its models; listed explicitly, no plugin discovery.
-from . import alexnet, lenet, mobilenet, paper_cnn, resnet, transfer  # noqa: E402,F401  isort: skip
+from . import alexnet, fast_cnn, lenet, mobilenet, paper_cnn, resnet, transfer  # noqa: E402,F401  isort: skip
 from .transfer import (  # noqa: E402
     BACKBONE_LAYER,
     STAGES,

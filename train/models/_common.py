@@ -1,6 +1,8 @@
 """Pieces every model shares: the raw-pixel input with its ``Rescaling`` and the softmax head."""
 from __future__ import annotations
 
+from numbers import Real
+
 from train._tf import keras
 
 from ._registry import ModelOptionError
@@ -32,3 +34,13 @@ def need_min_size(model_name, input_shape, min_size, why=""):
         raise ModelOptionError(
             f"{model_name} needs inputs of at least {min_size}x{min_size}, got {height}x{width}{extra}"
         )
+
+
+def check_number(name, value, low, high=None, low_open=True):
+    """``ModelOptionError`` unless ``value`` is a real number above ``low`` (or at it) and below ``high``."""
+    ok = isinstance(value, Real) and not isinstance(value, bool)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (high is None or value < high)
+    if not ok:
+        bound = f"{'>' if low_open else '>='} {low}" + (f" and < {high}" if high is not None else "")
+        raise ModelOptionError(f"{name} must be a number {bound}, got {value!r}")

@@ -25,11 +25,9 @@ in export's fine-tuning (pruning, QAT).
 """
 from __future__ import annotations
 
-from numbers import Real
-
 from train._tf import keras
 
-from ._common import need_min_size, pixel_input, softmax_head
+from ._common import check_number, need_min_size, pixel_input, softmax_head
 from ._registry import ModelOptionError, register_model, unknown_choice
 
 layers = keras.layers
@@ -74,15 +72,6 @@ def _inverted_residual(x, expansion, filters, strides, name, l2):
     return y
 
 
-def _check_number(name, value, low, high=None, low_open=True):
-    ok = isinstance(value, Real) and not isinstance(value, bool)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (high is None or value < high)
-    if not ok:
-        bound = f"{'>' if low_open else '>='} {low}" + (f" and < {high}" if high is not None else "")
-        raise ModelOptionError(f"{name} must be a number {bound}, got {value!r}")
-
-
 @register_model(
     "mobilenet_v2",
     description="MobileNetV2 (inverted residuals, ReLU6, width multiplier; CIFAR strides below 96x96): "
@@ -109,9 +98,9 @@ def mobilenet_v2(
     """
     if scale not in SCALES:
         raise ModelOptionError(unknown_choice("scale for mobilenet_v2:", str(scale), list(SCALES)))
-    _check_number("width", width, 0)
-    _check_number("dropout", dropout, 0, 1, low_open=False)
-    _check_number("weight_decay", weight_decay, 0, low_open=False)
+    check_number("width", width, 0)
+    check_number("dropout", dropout, 0, 1, low_open=False)
+    check_number("weight_decay", weight_decay, 0, low_open=False)
     if head_channels is not None and (isinstance(head_channels, bool) or not isinstance(head_channels, int)
                                       or head_channels < 1):
         raise ModelOptionError(f"head_channels must be an int >= 1 or None, got {head_channels!r}")
