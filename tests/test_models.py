@@ -44,7 +44,7 @@ def test_registry_lists_all_families():
 
 
 def test_unknown_model_suggests_close_match():
-    with pytest.raises(ValueError, match=r"Did you mean 'lenet5'.*Valid: alexnet, lenet5"):
+    with pytest.raises(ValueError, match=r"Did you mean 'lenet5'.*Valid: alexnet, fast_cnn, lenet5"):
         models.create_model("lenet", (28, 28, 1), 10)
 
 
