@@ -81,6 +81,7 @@ def model_kwargs(args) -> dict:
 
 def train_config(args) -> TrainConfig:
     tag = f"-w{args.width:g}" if args.model == "mobilenet_v2" else ""
+    tag += f"-c{args.cutout:g}" if args.cutout else ""
     name = args.run_name or f"{args.model}{tag}-e{args.epochs}-n{args.train_limit or 'all'}-s{args.seed}"
     return TrainConfig(
         model=args.model,
@@ -95,7 +96,7 @@ def train_config(args) -> TrainConfig:
         lr_schedule="cosine",
         label_smoothing=args.label_smoothing,
         early_stopping_patience=0,
-        augment=AugmentConfig(enabled=True, hflip=True, shift=0.125, rotation=0.0, zoom=0.0),
+        augment=AugmentConfig(enabled=True, hflip=True, shift=0.125, rotation=0.0, zoom=0.0, cutout=args.cutout),
         seed=args.seed,
         runs_dir=str(CACHE / "cifar_runs"),
         run_name=name,
@@ -208,13 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weight-decay", type=float, help="L2 factor on the conv kernels (default: fast_cnn 2.5e-4, "
                    "mobilenet_v2 5e-4)")
     p.add_argument("--dropout", type=float, help="default: fast_cnn 0, mobilenet_v2 0.2")
+    p.add_argument("--cutout", type=float, help="cutout square side as a fraction of 32 (default: fast_cnn 0.5, mobilenet_v2 0)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--targets", nargs="+", default=["rpi"], help="export targets (rpi: full INT8 for LiteRT)")
     args = p.parse_args(argv)
     mobile = args.model == "mobilenet_v2"
     for flag, default in (("epochs", RECIPE_EPOCHS[args.model]), ("batch_size", 128 if mobile else 256),
                           ("label_smoothing", 0.0 if mobile else 0.1), ("weight_decay", 5e-4 if mobile else 2.5e-4),
-                          ("dropout", 0.2 if mobile else 0.0)):
+                          ("dropout", 0.2 if mobile else 0.0), ("cutout", 0.0 if mobile else 0.5)):
         if getattr(args, flag) is None:
             setattr(args, flag, default)
 

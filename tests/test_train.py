@@ -10,6 +10,7 @@ import pytest
 
 from train.config import TrainConfig
 from train.data import load_dataset, write_kaggle_csv
+from train.errors import UsageError
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +193,30 @@ def test_elastic_flag_stands_alone():
     assert (config.augment.enabled, config.augment.elastic, config.augment.elastic_sigma) == (False, 34, 5)
     aug = make_augmenter(config.augment, (28, 28, 1), 0.0, 1)
     assert [type(layer).__name__ for layer in aug.layers] == ["RandomElastic"]
+
+
+def test_cutout_blanks_one_clipped_square_per_image():
+    from train.data.pipeline import make_augmenter
+    from train.train import build_parser, config_from_args
+
+    config = config_from_args(build_parser().parse_args(["--data", "cifar", "--cutout", "0.5"]))
+    aug = make_augmenter(config.augment, (32, 32, 3), 7.0, seed=5)
+    assert [type(layer).__name__ for layer in aug.layers] == ["RandomCutout"]
+    x = np.full((256, 32, 32, 3), 100.0, np.float32)
+    out = aug(x, training=True).numpy()
+    blank = out == 7.0
+    assert set(np.unique(out)) == {7.0, 100.0}
+    assert (blank.all(axis=-1) == blank.any(axis=-1)).all()  # every channel of a blanked pixel
+    area = blank[..., 0].sum(axis=(1, 2))
+    assert area.max() == 16 * 16 and area.min() >= 8 * 8  # a 16x16 square, at worst clipped to a corner quarter
+    assert 0 < (area == 256).mean() < 1  # some whole, some clipped at an edge
+    for img in blank[:32, ..., 0]:  # one axis-aligned rectangle: its bounding box is all blank
+        ys, xs = np.nonzero(img)
+        assert img[ys.min():ys.max() + 1, xs.min():xs.max() + 1].all()
+    np.testing.assert_array_equal(aug(x, training=False).numpy(), x)  # never at inference
+    assert not np.array_equal(aug(x, training=True).numpy(), out)  # a new square every batch
+    with pytest.raises(UsageError, match="--cutout must be within 0..1"):
+        config_from_args(build_parser().parse_args(["--data", "cifar", "--cutout", "2"]))
 
 
 def test_crossval_of_a_run_lands_in_its_report(mnist_run, tmp_path, capsys):

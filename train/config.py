@@ -31,6 +31,12 @@ class AugmentConfig(BaseModel):
                     "Applied even when enabled is false, then without the geometric defaults.",
     )
     elastic_sigma: float = Field(4.0, gt=0, le=32, description="Smoothness of the elastic displacement field (Gaussian sigma, pixels).")
+    cutout: float = Field(
+        0.0, ge=0, le=1,
+        description="Cutout (DeVries and Taylor 2017): blank one square of this side, a fraction of the image side, "
+                    "at a random centre per image (clipped at the edges); 0.5 is the paper's 16x16 on CIFAR-10. 0 is off. "
+                    "Applied even when enabled is false, then alone.",
+    )
     hflip: bool = Field(False, description="Horizontal flips; only where the classes allow (not digits).")
     vflip: bool = Field(False, description="Vertical flips; only where the classes allow.")
     noise_std: float = Field(

@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--elastic", type=float, metavar="ALPHA",
                    help="elastic distortions of this strength in pixels (0..100; 34 for 28x28 digits)")
     p.add_argument("--elastic-sigma", type=float, metavar="PIXELS", help="smoothness of the elastic field (default 4)")
+    p.add_argument("--cutout", type=float, metavar="FRACTION",
+                   help="cutout: blank a random square of this fraction of the image side (0..1; 0.5 on CIFAR-10)")
     p.add_argument("--adversarial", choices=["fgsm", "pgd"], help="adversarial training with this attack")
     p.add_argument("--adv-epsilon", type=float, metavar="PIXELS", help="L-inf size of the attack, 0 < eps <= 255 pixels")
     p.add_argument("--adv-ratio", type=float, help="share of each batch replaced by adversarial examples (default 0.5)")
@@ -106,7 +108,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         config.augment.enabled = True
     for flag, field, valid in (("--noise-std", "noise_std", "within 0..128 pixels"),
                                ("--elastic", "elastic", "within 0..100 pixels"),
-                               ("--elastic-sigma", "elastic_sigma", "above 0 and at most 32 pixels")):
+                               ("--elastic-sigma", "elastic_sigma", "above 0 and at most 32 pixels"),
+                               ("--cutout", "cutout", "within 0..1 (a fraction of the image side)")):
         value = getattr(args, field)
         if value is None:
             continue

@@ -127,18 +127,55 @@ def RandomElastic(alpha: float, sigma: float, fill_value: float = 0.0, seed: int
     return _elastic_layer_class()(alpha, sigma, fill_value=fill_value, seed=seed, **kw)
 
 
+@functools.cache
+def _cutout_layer_class():
+    from train._tf import keras, tf
+
+    class RandomCutout(keras.layers.Layer):
+        """Cutout (DeVries and Taylor 2017): one square of ``size`` x ``size`` pixels set to ``fill_value``
+        per image, centred uniformly over the image and clipped at its edges, so some squares are partial."""
+
+        def __init__(self, size: int, fill_value: float = 0.0, seed: int | None = None, **kw):
+            super().__init__(**kw)
+            self.size, self.fill_value, self.seed = int(size), float(fill_value), seed
+            self._gen = tf.random.Generator.from_seed(seed if seed is not None else 0)
+
+        def call(self, inputs, training=None):
+            if not training:
+                return inputs
+            shape = tf.shape(inputs)
+            n, h, w = shape[0], shape[1], shape[2]
+            cy = self._gen.uniform([n, 1, 1], 0, h, dtype=tf.int32)
+            cx = self._gen.uniform([n, 1, 1], 0, w, dtype=tf.int32)
+            ys = tf.reshape(tf.range(h), [1, -1, 1])
+            xs = tf.reshape(tf.range(w), [1, 1, -1])
+            lo = self.size // 2
+            inside = ((ys >= cy - lo) & (ys < cy - lo + self.size)) & ((xs >= cx - lo) & (xs < cx - lo + self.size))
+            return tf.where(inside[..., None], tf.cast(self.fill_value, inputs.dtype), inputs)
+
+        def get_config(self):
+            return {**super().get_config(), "size": self.size, "fill_value": self.fill_value, "seed": self.seed}
+
+    return RandomCutout
+
+
+def RandomCutout(size: int, fill_value: float = 0.0, seed: int | None = None, **kw):
+    """A cutout Keras layer (built on first use so importing this module needs no TensorFlow)."""
+    return _cutout_layer_class()(size, fill_value=fill_value, seed=seed, **kw)
+
+
 def make_augmenter(aug: AugmentConfig, image_shape: tuple[int, int, int], fill_value: float, seed: int):
     """A Keras preprocessing stack applied to float batches of raw pixels (0..255), or None.
 
-    With ``aug.enabled`` false, a non-zero ``aug.noise_std`` or ``aug.elastic`` still applies, alone."""
+    With ``aug.enabled`` false, a non-zero ``aug.noise_std``, ``aug.elastic`` or ``aug.cutout`` still applies, alone."""
     from train._tf import keras
 
     if not aug.enabled:
-        if not (aug.noise_std or aug.elastic):
+        if not (aug.noise_std or aug.elastic or aug.cutout):
             return None
-        # noise_std (the noise-injection defence) and elastic stand alone: none of the geometric defaults
+        # noise_std (the noise-injection defence), elastic and cutout stand alone: none of the geometric defaults
         aug = AugmentConfig(enabled=True, rotation=0, shift=0, zoom=0, noise_std=aug.noise_std,
-                            elastic=aug.elastic, elastic_sigma=aug.elastic_sigma)
+                            elastic=aug.elastic, elastic_sigma=aug.elastic_sigma, cutout=aug.cutout)
     h, w, _ = image_shape
     L = keras.layers
     layers = []
@@ -156,6 +193,8 @@ def make_augmenter(aug: AugmentConfig, image_shape: tuple[int, int, int], fill_v
     if aug.crop:
         ch, cw = max(1, round(h * (1 - aug.crop))), max(1, round(w * (1 - aug.crop)))
         layers += [L.RandomCrop(ch, cw, seed=seed), L.Resizing(h, w)]
+    if aug.cutout:
+        layers.append(RandomCutout(max(1, round(aug.cutout * min(h, w))), fill_value=fill_value, seed=seed))
     if aug.brightness:
         layers.append(L.RandomBrightness(aug.brightness, value_range=(0.0, 255.0), seed=seed))
     if aug.contrast:
