@@ -54,6 +54,23 @@ def small_run(tmp_path_factory, mnist_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def distinct_digits(mnist_test):
+    """120 real MNIST test digits (images, labels) whose perceptual hashes are pairwise more than
+    8 bits apart, so no store or sampler takes one for a near-duplicate of another."""
+    from sdk.uncertainty import hamming, phash
+
+    picked, hashes = [], []
+    for i in range(len(mnist_test)):
+        h = phash(mnist_test.x[i, ..., 0])
+        if all(hamming(h, o) > 8 for o in hashes):
+            picked.append(i)
+            hashes.append(h)
+            if len(picked) == 120:
+                break
+    return mnist_test.x[picked, ..., 0], mnist_test.y[picked]
+
+
+@pytest.fixture(scope="session")
 def mnist_test(mnist_dir):
     from train.data import load_dataset
 

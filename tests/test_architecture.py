@@ -23,6 +23,7 @@ MAY_IMPORT = {
     "train.fit": {"train.data", "train.runs", "train.models", "train.report", "train.analysis.adversarial"},
     "train.analysis": {"train.data", "train.runs", "train.models", "train.report", "train.fit", "train.export"},
     "train.loop": {"train.data", "train.runs", "train.models", "train.report", "train.fit", "train.export"},
+    "train.web": {"train.data", "train.runs", "train.report", "train.loop"},
 }
 # The default report shows Grad-CAM: report.evaluate composes it from the analysis that computes it.
 EXCEPTIONS = {("train.report.evaluate", "train.analysis.explain")}

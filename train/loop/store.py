@@ -55,6 +55,8 @@ from train.loop.samples import FeedbackError, Sample
 logger = logging.getLogger(__name__)
 
 STATUSES = ("pending", "labelled", "skipped")
+#: Sort orders of :meth:`FeedbackStore.query`: SQL for each.
+ORDERS = {"newest": "id DESC", "oldest": "id ASC", "uncertain": "COALESCE(score, 0) ASC, id DESC"}
 _EXT = {"png": "png", "jpeg": "jpg"}
 _MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "jpeg": b"\xff\xd8\xff"}
 _CHANNELS = {"grey": 1, "rgb": 3}
@@ -183,9 +185,7 @@ class FeedbackStore:
             if value is not None and value < 1:
                 raise FeedbackError(f"{name} must be >= 1 (got {value})")
         if labels is not None:
-            labels = [str(x) for x in labels]
-            if not labels or len(set(labels)) != len(labels) or any(not x.strip() for x in labels):
-                raise FeedbackError(f"labels must be a non-empty list of distinct, non-blank names (got {labels})")
+            labels = _check_labels(labels)
         self.dedup_distance = dedup_distance
         self.dedup_window = dedup_window
         self.images_dir = self.path / "images"
@@ -285,6 +285,22 @@ class FeedbackStore:
     @property
     def max_bytes(self) -> int | None:
         return self._meta("max_bytes")
+
+    @property
+    def labels_given(self) -> bool:
+        """Whether the store was given its labels (else they are the ones the devices' top_k named)."""
+        return self._meta("labels") is not None
+
+    def set_label_names(self, labels: Sequence[str]) -> None:
+        """Give the store its labels (model index order), as ``labels=`` at open does. Labels already
+        on samples must be among them."""
+        labels = _check_labels(labels)
+        with self._tx():
+            used = {r[0] for r in self._db.execute("SELECT DISTINCT label FROM samples WHERE label IS NOT NULL")}
+            if used - set(labels):
+                raise FeedbackError(f"samples are labelled {', '.join(sorted(used - set(labels)))}, which the new "
+                                    f"labels ({', '.join(labels)}) lack")
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('labels', ?)", (json.dumps(labels),))
 
     def labels(self) -> list[str]:
         """The labels a sample may get: those given to the store, else those the devices' top_k named."""
@@ -446,6 +462,64 @@ class FeedbackStore:
             raise FeedbackError(f"{self.path}: no sample with id {sample_id} (evicted, or never stored)")
         return found[0]
 
+    def query(self, *, status: str | None = "pending", device: str | None = None, model_version: str | None = None,
+              reason: str | None = None, predicted: str | None = None, label: str | None = None,
+              order: str = "newest", limit: int = 60, offset: int = 0) -> tuple[list[Sample], int]:
+        """``(samples, total)``: one page of the samples that match every filter given, and how many
+        match in all. ``order``: ``newest`` (last stored first), ``oldest`` or ``uncertain`` (lowest
+        top-1 score first). ``status`` None matches every status; ``reason`` matches samples whose
+        reasons include it (``low_confidence``, ``small_margin``, ``high_entropy``, ``random_audit``)."""
+        if order not in ORDERS:
+            raise FeedbackError(f"unknown order {order!r}; valid: {', '.join(ORDERS)}")
+        if status is not None and status not in STATUSES:
+            raise FeedbackError(f"unknown status {status!r}; valid: {', '.join(STATUSES)}")
+        where, args = ["1"], []
+        for column, value in (("status", status), ("device", device), ("model_version", model_version),
+                              ("predicted", predicted), ("label", label)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if reason is not None:
+            where.append("EXISTS (SELECT 1 FROM json_each(samples.reasons) WHERE json_each.value = ?)")
+            args.append(reason)
+        cond = " AND ".join(where)
+        with self._lock:
+            total = self._db.execute(f"SELECT COUNT(*) FROM samples WHERE {cond}", args).fetchone()[0]
+            rows = self._db.execute(f"SELECT * FROM samples WHERE {cond} ORDER BY {ORDERS[order]} LIMIT ? OFFSET ?",
+                                    (*args, int(limit), int(offset))).fetchall()
+        return [self._sample(r) for r in rows], total
+
+    def facets(self) -> dict[str, list[str]]:
+        """The values the filters of :meth:`query` can take in this store: ``devices``,
+        ``model_versions``, ``reasons``, ``predicted``."""
+        with self._lock:
+            db = self._db
+            return {
+                "devices": [r[0] for r in db.execute("SELECT DISTINCT device FROM samples ORDER BY device")],
+                "model_versions": [r[0] for r in db.execute(
+                    "SELECT DISTINCT model_version FROM samples ORDER BY model_version")],
+                "reasons": [r[0] for r in db.execute(
+                    "SELECT DISTINCT json_each.value FROM samples, json_each(samples.reasons) ORDER BY 1")],
+                "predicted": [r[0] for r in db.execute(
+                    "SELECT DISTINCT predicted FROM samples WHERE predicted IS NOT NULL ORDER BY predicted")],
+            }
+
+    def similar(self, sample_id: int, max_distance: int = 10, status: str | None = "pending") -> list[int]:
+        """Ids of the samples of the same device and region whose perceptual hash is within
+        ``max_distance`` bits of this one's (the sample itself first, then nearest first): the
+        near-duplicates to label in one go."""
+        with self._lock:
+            row = self._db.execute("SELECT device, region, phash FROM samples WHERE id = ?", (int(sample_id),)).fetchone()
+            if row is None:
+                raise FeedbackError(f"{self.path}: no sample with id {sample_id} (evicted, or never stored)")
+            cond, args = "device = ? AND region = ? AND id != ?", [row["device"], row["region"], int(sample_id)]
+            if status is not None:
+                cond += " AND status = ?"
+                args.append(status)
+            others = self._db.execute(f"SELECT id, phash FROM samples WHERE {cond}", args).fetchall()
+        near = sorted((hamming(row["phash"] & _U64, h & _U64), i) for i, h in others)
+        return [int(sample_id)] + [i for d, i in near if d <= max_distance]
+
     def counts(self) -> dict:
         """``{"total", "bytes", "pending", "labelled", "skipped", "labels": {label: n}}``."""
         with self._lock:
@@ -473,6 +547,33 @@ class FeedbackStore:
 
     def set_label(self, sample_id: int, label: str, by: str = "cli") -> None:
         self._set(sample_id, "labelled", self.check_label(label), by)
+
+    def set_labels(self, sample_ids: Sequence[int], label: str, by: str = "cli") -> int:
+        """Label several samples in one transaction (all or none); FeedbackError naming the first
+        unknown id. Returns how many were labelled."""
+        self.check_label(label)
+        ids = [int(i) for i in sample_ids]
+        with self._tx():
+            known = {r[0] for r in self._db.execute(
+                f"SELECT id FROM samples WHERE id IN ({','.join('?' * len(ids))})", ids)} if ids else set()
+            missing = [i for i in ids if i not in known]
+            if missing:
+                raise FeedbackError(f"{self.path}: no sample with id {missing[0]} (evicted, or never stored); "
+                                    "nothing was labelled")
+            now = time.time()
+            self._db.executemany("UPDATE samples SET status = 'labelled', label = ?, labelled_by = ?, labelled_at = ? "
+                                 "WHERE id = ?", [(label, by, now, i) for i in ids])
+        return len(ids)
+
+    def restore(self, sample_id: int, status: str, label: str | None, by: str = "cli") -> None:
+        """Put a sample back to an earlier state (an undo): ``pending``, ``skipped``, or ``labelled``
+        with a known ``label``."""
+        if status not in STATUSES:
+            raise FeedbackError(f"unknown status {status!r}; valid: {', '.join(STATUSES)}")
+        if status == "labelled":
+            self._set(sample_id, status, self.check_label(label or ""), by)
+        else:
+            self._set(sample_id, status, None, by if status == "skipped" else None)
 
     def skip(self, sample_id: int, by: str = "cli") -> None:
         self._set(sample_id, "skipped", None, by)
@@ -560,6 +661,13 @@ class FeedbackStore:
                            "; ".join(left_out))
         (out / "labels.txt").write_text("".join(f"{x}\n" for x in self.labels()))
         return counts
+
+
+def _check_labels(labels: Sequence[str]) -> list[str]:
+    out = [str(x) for x in labels]
+    if not out or len(set(out)) != len(out) or any(not x.strip() for x in out):
+        raise FeedbackError(f"labels must be a non-empty list of distinct, non-blank names (got {out})")
+    return out
 
 
 def _export_file(s: Sample) -> tuple[str, bytes]:
