@@ -5,18 +5,18 @@ import logging
 import threading
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 from . import __version__
-from .config import Config
+from .config import Config, PreprocessSettings
 from .errors import ConfigError, EdgeError, ManifestError, ModelError, RuntimeUnavailableError
 from .homeassistant import discovery_messages
 from .mqtt import MqttPublisher, Outbox, TlsSettings, credentials_from_env, parse_broker
-from .pipeline import Classifier, Pipeline, PipelineSettings, RunStats
+from .pipeline import Capture, Classifier, Pipeline, PipelineSettings, RunStats, frame_time
 from .runtime import Bundle, load_bundle
-from .sources import open_source, parse_source
+from .sources import VideoFileSource, open_source, parse_source
 from .topics import Topics
-from .uncertainty import Sampler, SamplingPolicy
+from .uncertainty import CaptureSchedule, Sampler, SamplingPolicy
 from .update import ModelStore, ModelUpdater, UpdatePolicy, load_public_key
 
 logger = logging.getLogger(__name__)
@@ -74,6 +74,23 @@ def make_publisher(config: Config, topics: Topics, bundle: Bundle | None = None)
         raise
 
 
+def capture_clock(source) -> Callable[[Any], float]:
+    """Capture mode's clock for frames of ``source``: a video file's own (frame number / its fps), so it
+    captures by the video's time however fast it is decoded (``fps_cap`` or none); else the frames'
+    capture time (cameras, streams, image folders)."""
+    if isinstance(source, VideoFileSource) and source.fps > 0:
+        fps = source.fps
+        return lambda frame: frame.frame_id / fps
+    return frame_time
+
+
+def capture_regions(pp: PreprocessSettings) -> dict[str | None, list[float] | None]:
+    """What a capture without a model sends of a frame: each named region, else the roi, else the frame."""
+    if pp.regions:
+        return {name: r.roi for name, r in pp.regions.items()}
+    return {None: pp.roi}
+
+
 @contextmanager
 def _config_field(field: str) -> Iterator[None]:
     """A ``ValueError`` from checking a user's setting becomes a :class:`ConfigError` naming the field.
@@ -110,18 +127,25 @@ def run(config: Config, stop: threading.Event | None = None, status_stream: Text
                               resize=pp.resize, regions=regions)
 
     u = config.update
-    updates = u.enabled and config.mqtt.enabled
+    configured = config.model
+    if configured is None and u.enabled and config.mqtt.enabled:
+        logger.warning("no model: capture mode only (a frame every %g s to the sample topic, no results); model "
+                       "updates are not listened for until a model is configured", config.sampling.capture_every_s)
+    updates = u.enabled and config.mqtt.enabled and configured is not None
     policy = update_policy(config) if updates else None  # a bad key fails now, not at the first update
-    store = ModelStore(u.store_dir or default_store_dir(config.device_id), u.keep) if u.enabled else None
-    model_path = store.startup_model(config.model) if store is not None else Path(config.model)
-    try:
-        classifier = make_classifier(model_path)
-    except (ManifestError, ModelError, RuntimeUnavailableError) as e:
-        if store is None or model_path == Path(config.model):
-            raise
-        store.fall_back(str(e))
-        classifier = make_classifier(config.model)
-    bundle = classifier.bundle
+    store = ModelStore(u.store_dir or default_store_dir(config.device_id), u.keep) \
+        if u.enabled and configured is not None else None
+    classifier: Classifier | None = None
+    if configured is not None:
+        model_path = store.startup_model(configured) if store is not None else Path(configured)
+        try:
+            classifier = make_classifier(model_path)
+        except (ManifestError, ModelError, RuntimeUnavailableError) as e:
+            if store is None or model_path == Path(configured):
+                raise
+            store.fall_back(str(e))
+            classifier = make_classifier(configured)
+    bundle = classifier.bundle if classifier is not None else None
     topics = Topics(config.device_id, config.mqtt.topic_prefix)
     s = config.sampling
     sampler = Sampler(SamplingPolicy(
@@ -129,7 +153,7 @@ def run(config: Config, stop: threading.Event | None = None, status_stream: Text
         audit_fraction=s.audit_fraction, per_minute=s.per_minute, per_hour=s.per_hour,
         dedup_distance=s.dedup_distance, image_format=s.image_format, jpeg_quality=s.jpeg_quality,
         max_side=s.max_side, max_bytes=s.max_bytes, model_input_format=s.model_input_format,
-        model_input_max_bytes=s.model_input_max_bytes)) if s.enabled else None
+        model_input_max_bytes=s.model_input_max_bytes)) if s.enabled or s.capture_every_s is not None else None
     settings = PipelineSettings(
         publish_mode=config.publish.mode, min_interval_ms=config.publish.min_interval_ms,
         result_qos=config.publish.result_qos, sample_qos=s.qos, metrics_interval_s=config.metrics_interval_s,
@@ -147,11 +171,14 @@ def run(config: Config, stop: threading.Event | None = None, status_stream: Text
         if config.mqtt.enabled:
             publisher = make_publisher(config, topics, bundle)
             stack.callback(publisher.close, config.mqtt.flush_timeout_s)
-        pipeline = Pipeline(source, classifier, publisher, topics, settings, sampler, status_stream)
+        capture = Capture(CaptureSchedule(s.capture_every_s), capture_clock(source),
+                          capture_regions(config.preprocess)) if s.capture_every_s is not None else None
+        pipeline = Pipeline(source, classifier, publisher, topics, settings, sampler, status_stream, capture=capture)
         if publisher is not None:
-            if updates and store is not None:  # subscribe before connecting: a persistent session delivers at once
+            # subscribe before connecting: a persistent session delivers at once
+            if updates and store is not None and configured is not None:
                 updater = ModelUpdater(topics=topics, publisher=publisher, target=pipeline,
-                                       make_classifier=make_classifier, store=store, configured_model=config.model,
+                                       make_classifier=make_classifier, store=store, configured_model=configured,
                                        policy=policy, run_id=pipeline.run_id,
                                        on_model_change=lambda m: publisher.set_birth(ha_discovery(config, topics, m)))
                 updater.start()

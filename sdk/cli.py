@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import re
 import signal
 import sys
 import threading
@@ -24,11 +26,29 @@ SUBCOMMANDS = ("validate-config", "bench")
 DEVICE_EXIT_CODES = [c for c in ExitCode if c <= ExitCode.BROKER_HOSTNAME]
 
 
+DURATION_FORMS = "a number of seconds with an optional unit: 5, 2.5, 5s, 500ms, 2m, 1h"
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)?")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """``5s``, ``500ms``, ``2m``, ``1h`` or a bare number of seconds (``5``, ``2.5``) as seconds (> 0);
+    ``argparse.ArgumentTypeError`` naming the accepted forms otherwise."""
+    m = _DURATION.fullmatch(text.strip())
+    value = float(m.group(1)) * _UNIT_S[m.group(2) or "s"] if m else math.nan
+    if not (value > 0 and math.isfinite(value)):
+        why = "must be more than 0" if m else "is not a duration"
+        raise argparse.ArgumentTypeError(f"{text!r} {why}: give {DURATION_FORMS}")
+    return value
+
+
 def summary(stats) -> dict:
-    """The last line ``edge-classify`` prints (stderr, JSON): ``results`` made; ``queued`` messages
-    put in the outbox (results, samples, events), ``delivered`` ones the broker acknowledged,
-    ``undelivered`` ones left in ``outbox`` for the next start (0 and null without MQTT)."""
-    return {"frames": stats.frames, "results": stats.published, "samples": stats.samples, "queued": stats.queued,
+    """The last line ``edge-classify`` prints (stderr, JSON): ``results`` made, ``samples`` sent (``captured``
+    of them by capture mode); ``queued`` messages put in the outbox (results, samples, events),
+    ``delivered`` ones the broker acknowledged, ``undelivered`` ones left in ``outbox`` for the next
+    start (0 and null without MQTT)."""
+    return {"frames": stats.frames, "results": stats.published, "samples": stats.samples,
+            "captured": stats.captured, "queued": stats.queued,
             "delivered": stats.delivered, "undelivered": stats.undelivered, "outbox": stats.outbox,
             "fps": round(stats.fps, 2), "ended_by": stats.ended_by}
 
@@ -46,7 +66,13 @@ def _run_parser() -> argparse.ArgumentParser:
     src.add_argument("--images", metavar="DIR", help="folder of images")
     p.add_argument("--loop", action="store_true", default=None, help="start a video / image folder over at its end")
     p.add_argument("--config", metavar="FILE", help="YAML config (firmware_configs/<device>.yaml); flags override it")
-    p.add_argument("--model", metavar="BUNDLE", help="model bundle directory")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--model", metavar="BUNDLE", help="model bundle directory")
+    model.add_argument("--no-model", action="store_true",
+                       help="run without a model, capturing frames only (needs --capture-every): no results")
+    p.add_argument("--capture-every", type=parse_duration, metavar="DURATION",
+                   help="capture mode: also send one frame every DURATION (5s, 500ms, 2m, 1h, or seconds) as a "
+                        "sample for labelling, with or without a model (sampling.capture_every_s)")
     p.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker")
     p.add_argument("--no-mqtt", action="store_true", help="classify and log only, publish nothing")
     p.add_argument("--device-id", metavar="ID", help="device name in topics")
@@ -86,6 +112,8 @@ def _overrides(a: argparse.Namespace) -> dict:
     simple = {"loop": a.loop, "model": a.model, "device_id": a.device_id, "top_k": a.top_k,
               "threshold": a.threshold, "fps_cap": a.fps_cap, "max_frames": a.max_frames}
     o.update({k: v for k, v in simple.items() if v is not None})
+    if a.no_model:
+        o["model"] = None
     mqtt = {}
     if a.broker is not None:
         mqtt["broker"] = a.broker
@@ -115,6 +143,8 @@ def _overrides(a: argparse.Namespace) -> dict:
         o["preprocess"] = {"mode": a.preprocess}
     if a.publish:
         o["publish"] = {"mode": a.publish}
+    if a.capture_every is not None:
+        o["sampling"] = {"capture_every_s": a.capture_every}
     return o
 
 
@@ -156,7 +186,8 @@ def _cmd_validate(argv: Sequence[str]) -> int:
     from .config import load_config
 
     c = load_config(a.file)
-    print(f"OK: {a.file} (device {c.device_id}, source {c.source}, model {c.model}, broker {c.mqtt.broker})")
+    model = c.model if c.model is not None else f"none (capture every {c.sampling.capture_every_s:g} s)"
+    print(f"OK: {a.file} (device {c.device_id}, source {c.source}, model {model}, broker {c.mqtt.broker})")
     return 0
 
 

@@ -157,7 +157,13 @@ class MqttSettings(_Strict):
 
 
 class SamplingSettings(_Strict):
-    enabled: bool = Field(True, description="Send frames the model is unsure of to <prefix>/v1/<device>/sample.")
+    enabled: bool = Field(True, description="Send frames the model is unsure of to <prefix>/v1/<device>/sample "
+                                            "(the uncertainty selection only: capture_every_s is its own switch).")
+    capture_every_s: float | None = Field(
+        None, gt=0, description="Capture mode: also send one frame every this many seconds as a sample (reason "
+                                "capture), with or without a model, whatever enabled says; not rate-limited (this is "
+                                "their rate) but de-duplicated. The clock is a video file's own (frame number / its "
+                                "fps), else the frames' capture time; the first frame is always sent.")
     min_confidence: float = Field(0.6, ge=0, le=1, description="Select when the top-1 score is below this.")
     min_margin: float = Field(0.2, ge=0, le=1, description="Select when top-1 minus top-2 is below this.")
     max_entropy: float = Field(0.5, ge=0, le=1, description="Select when the normalised entropy is above this.")
@@ -221,7 +227,9 @@ class Config(_Strict):
     loop: bool = Field(False, description="Start a video file or image folder over at its end.")
     fps_cap: float | None = Field(None, gt=0, description="Process at most this many frames per second.")
     max_frames: int | None = Field(None, ge=1, description="Stop after this many frames (benchmarks, tests).")
-    model: str = Field("models/current", description="Model bundle directory (manifest.json + model.tflite).")
+    model: str | None = Field(
+        "models/current", description="Model bundle directory (manifest.json + model.tflite); null: no model, "
+                                      "capture mode only (needs sampling.capture_every_s; publishes no results).")
     top_k: int = Field(3, ge=1, description="How many classes each result lists.")
     threshold: float = Field(0.0, ge=0, le=1, description="Leave out classes scoring below this.")
     camera: CameraSettings = Field(default_factory=CameraSettings, description="Camera / stream capture.")
@@ -243,6 +251,14 @@ class Config(_Strict):
         if v == FLEET:
             raise ValueError(f"device_id {FLEET!r} is reserved for the fleet-wide topics; choose another name")
         return v
+
+    @model_validator(mode="after")
+    def _model_or_capture(self) -> "Config":
+        if self.model is None and self.sampling.capture_every_s is None:
+            raise ValueError("model is null (no model) but sampling.capture_every_s is not set: without a model the "
+                             "device can only capture frames for labelling; set sampling.capture_every_s "
+                             "(--capture-every 5s) or give model a bundle directory")
+        return self
 
 
 def _merge(base: dict, over: dict) -> dict:

@@ -45,14 +45,16 @@ def image_field(data: bytes, fmt: str, width: int, height: int, **extra: Any) ->
             "data": base64.b64encode(data).decode("ascii")}
 
 
-def sample(*, device: str, seq: int, run_id: str, ts: float, frame_id: int, model: dict, reasons: list[str],
+def sample(*, device: str, seq: int, run_id: str, ts: float, frame_id: int, model: dict | None, reasons: list[str],
            top_k: list[dict], scores: Sequence[float], stats: dict, image: bytes, image_format: str,
            width: int, height: int, model_input: dict | None = None, region: dict | None = None) -> dict:
     """``model_input``: :func:`image_field` of what the model saw, with its ``colour``; ``region``:
-    ``{"name", "box": [x, y, w, h]}`` when the frame's named region was classified."""
+    ``{"name", "box": [x, y, w, h]}`` when the frame's named region was classified. A capture taken
+    without a model (capture mode): ``model`` None, ``top_k`` and ``scores`` empty, ``stats`` values None."""
     msg = {"schema": schema_id("sample"), "device": device, "seq": seq, "run_id": run_id, "ts": round(ts, 6),
            "frame_id": frame_id, "model": model, "reasons": reasons, "top_k": top_k,
-           "scores": [round(float(s), 6) for s in scores], **{k: round(float(v), 6) for k, v in stats.items()},
+           "scores": [round(float(s), 6) for s in scores],
+           **{k: None if v is None else round(float(v), 6) for k, v in stats.items()},
            "image": image_field(image, image_format, width, height)}
     if model_input is not None:
         msg["model_input"] = model_input
@@ -61,7 +63,8 @@ def sample(*, device: str, seq: int, run_id: str, ts: float, frame_id: int, mode
     return msg
 
 
-def metrics(*, device: str, ts: float, run_id: str, model: dict, **fields: Any) -> dict:
+def metrics(*, device: str, ts: float, run_id: str, model: dict | None, **fields: Any) -> dict:
+    """``model`` None: a device in capture mode without a model."""
     return {"schema": schema_id("metrics"), "device": device, "run_id": run_id, "ts": round(ts, 6),
             "model": model, **fields}
 

@@ -4,6 +4,11 @@ The pipeline is handed built objects (a frame source, a classifier, a publisher,
 it never reads global configuration, so a test can give it a video file and a real broker.
 Another thread (the model updater) may hand it a new classifier with :meth:`Pipeline.request_swap`;
 the swap happens between two frames, so no frame is lost and the run does not stop.
+
+Capture mode (:class:`Capture`) sends one frame every ``every_s`` seconds as a sample, reason
+``capture``: with a classifier, next to the results (one sample per region, with what the model
+saw); without one (``classifier`` None), instead of them: the frame, one sample per configured
+region with its box, nothing classified and no result published.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import time
 import uuid
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence, TextIO
+from typing import Any, Callable, Mapping, Sequence, TextIO
 
 import numpy as np
 
@@ -22,7 +27,7 @@ from . import classify, messages
 from .preprocess import Preprocessor, roi_box
 from .runtime import Bundle
 from .topics import Topics
-from .uncertainty import Sampler, encode_model_input
+from .uncertainty import CaptureSchedule, Sampler, Selection, encode_model_input
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +93,23 @@ class Classifier:
                               pre.last_box, region, box, pre.last_image)
 
 
+def frame_time(frame) -> float:
+    """A frame's capture time (Unix seconds): capture mode's clock for live sources and image folders."""
+    return float(frame.ts)
+
+
+@dataclass
+class Capture:
+    """Capture mode: a sample of each frame ``schedule`` finds due on ``clock(frame)`` (seconds).
+    ``regions``: what a pipeline without a classifier sends of such a frame, one sample per entry:
+    region name (None: no named region) -> roi ``[x, y, w, h]`` (None: the whole frame); with a
+    classifier, its own regions are used."""
+
+    schedule: CaptureSchedule
+    clock: Callable[[Any], float] = frame_time
+    regions: Mapping[str | None, Sequence[float] | None] = field(default_factory=lambda: {None: None})
+
+
 @dataclass
 class PipelineSettings:
     publish_mode: str = "every"       # every | change
@@ -108,6 +130,7 @@ class RunStats:
     frames: int = 0
     published: int = 0
     samples: int = 0
+    captured: int = 0        # of samples: capture mode's (reason capture)
     queued: int = 0          # messages put in the outbox by this run: results, samples, events
     delivered: int = 0       # outbox messages the broker acknowledged during this run (earlier runs' included)
     undelivered: int = 0     # left in the outbox at the end, sent at the next start
@@ -132,11 +155,16 @@ def _pct(values, q: float) -> float:
 
 
 class Pipeline:
-    def __init__(self, source, classifier: Classifier, publisher, topics: Topics,
+    """``classifier`` None: capture mode only (``capture`` and ``sampler`` needed); no results."""
+
+    def __init__(self, source, classifier: Classifier | None, publisher, topics: Topics,
                  settings: PipelineSettings | None = None, sampler: Sampler | None = None,
-                 status_stream: TextIO | None = None, run_id: str | None = None):
+                 status_stream: TextIO | None = None, run_id: str | None = None, capture: Capture | None = None):
+        if classifier is None and (capture is None or sampler is None):
+            raise ValueError("a pipeline without a classifier only captures frames: give it capture and a sampler")
         self.source = source
-        self.classifier = classifier
+        self.classifier: Classifier | None = classifier
+        self.capture = capture
         self.publisher = publisher
         self.topics = topics
         self.device = topics.device
@@ -180,7 +208,7 @@ class Pipeline:
         for classifier, fut in swaps:
             if not fut.set_running_or_notify_cancel():
                 continue
-            old = self.classifier.model_info
+            old = self.classifier.model_info if self.classifier is not None else {"name": "(none)", "version": ""}
             self.classifier = classifier
             self.stats.extra["model_swaps"] = self.stats.extra.get("model_swaps", 0) + 1
             logger.info("model swapped: %s %s -> %s %s", old["name"], old["version"], classifier.model_info["name"],
@@ -209,12 +237,15 @@ class Pipeline:
         span = self._times[-1] - self._times[0]
         return (len(self._times) - 1) / span if span > 0 else 0.0
 
+    def _model_info(self) -> dict | None:
+        return self.classifier.model_info if self.classifier is not None else None
+
     def metrics(self, started: float) -> dict:
         s = self.sampler
         pub = self.publisher
         top = self.stats.last_label
         return messages.metrics(
-            device=self.device, ts=time.time(), run_id=self.run_id, model=self.classifier.model_info,
+            device=self.device, ts=time.time(), run_id=self.run_id, model=self._model_info(),
             uptime_s=round(time.monotonic() - started, 3), frames=self.stats.frames, fps=round(self._fps(), 3),
             latency_ms={"p50": round(_pct(self._lat, 50), 3), "p95": round(_pct(self._lat, 95), 3)},
             inference_ms={"p50": round(_pct(self._inf, 50), 3), "p95": round(_pct(self._inf, 95), 3)},
@@ -224,7 +255,7 @@ class Pipeline:
             outbox_dropped=int(getattr(getattr(pub, "outbox", None), "dropped", 0)),
             source_reconnects=int(getattr(self.source, "reconnects", 0)),
             samples=s.selected if s else 0, samples_rate_limited=s.rate_limited if s else 0,
-            samples_duplicate=s.duplicates if s else 0,
+            samples_duplicate=s.duplicates if s else 0, samples_captured=s.captured if s else 0,
             last_label=top, last_score=self._last_score,
         )
 
@@ -265,8 +296,14 @@ class Pipeline:
                 self._recent.append(frame.image)
                 self.stats.frames += 1
                 self._times.append(now)
-                for region in self.classifier.regions:
-                    self._classify(frame, region, now, started, last)
+                due = self.capture is not None and self.capture.schedule.due(self.capture.clock(frame))
+                if self.classifier is None:
+                    if due and self.capture is not None:
+                        for name, roi in self.capture.regions.items():
+                            self._capture_frame(frame, name, roi)
+                else:
+                    for region in self.classifier.regions:
+                        self._classify(self.classifier, frame, region, now, started, last, due)
                 if st.max_frames and self.stats.frames >= st.max_frames:
                     ended_by = "max_frames"
                     break
@@ -278,12 +315,13 @@ class Pipeline:
                 next_status = now + st.status_interval_s
         return ended_by
 
-    def _classify(self, frame, region: str | None, now: float, started: float,
-                  last: dict[str | None, tuple[str | None, float]]) -> None:
-        """Classify the frame (or one named region of it), publish the result, consider it as a sample."""
+    def _classify(self, classifier: Classifier, frame, region: str | None, now: float, started: float,
+                  last: dict[str | None, tuple[str | None, float]], capture: bool = False) -> None:
+        """Classify the frame (or one named region of it), publish the result, consider it as a sample
+        (``capture``: the frame is due in capture mode)."""
         st = self.settings
-        labels = self.classifier.labels
-        c = self.classifier.classify(frame.image, region)
+        labels = classifier.labels
+        c = classifier.classify(frame.image, region)
         self._lat.append(c.total_ms)
         self._inf.append(c.inference_ms)
         top = messages.ranked(c.top, labels)
@@ -294,7 +332,7 @@ class Pipeline:
         if (st.publish_mode == "every" or label != last_label) and (now - last_t) * 1e3 >= st.min_interval_ms:
             msg = messages.result(
                 device=self.device, seq=self._seq, run_id=self.run_id, ts=frame.ts, frame_id=frame.frame_id,
-                model=self.classifier.model_info, top_k=top,
+                model=classifier.model_info, top_k=top,
                 latency_ms={"preprocess": c.preprocess_ms, "inference": c.inference_ms,
                             "postprocess": c.postprocess_ms, "total": c.total_ms},
                 box=c.box, region=region)
@@ -305,13 +343,24 @@ class Pipeline:
             if self.stats.first_result_s is None:
                 self.stats.first_result_s = now - started
         if self.sampler is not None:
-            self._sample(self.sampler, frame, c, top)
+            self._sample(self.sampler, classifier, frame, c, top, capture)
 
-    def _sample(self, sampler: Sampler, frame, c: Classification, top: list[dict]) -> None:
-        """Send the frame back when the sampler selects it, with what the model saw."""
+    @staticmethod
+    def _sent_box(sel: Selection, frame, name: str | None, box: tuple[int, int, int, int] | None) -> dict | None:
+        """A sample's ``region``: the named region's box in pixels of the image sent (it may be downscaled)."""
+        if name is None or not box:
+            return None
+        sx, sy = sel.width / frame.image.shape[1], sel.height / frame.image.shape[0]
+        x, y, w, h = box
+        return {"name": name, "box": [round(x * sx), round(y * sy), max(1, round(w * sx)), max(1, round(h * sy))]}
+
+    def _sample(self, sampler: Sampler, classifier: Classifier, frame, c: Classification, top: list[dict],
+                capture: bool = False) -> None:
+        """Send the frame back when the sampler selects it (or capture mode is due), with what the model saw."""
         subject = frame.image if c.region_box is None else \
             frame.image[c.region_box[1]:c.region_box[1] + c.region_box[3], c.region_box[0]:c.region_box[0] + c.region_box[2]]
-        sel = sampler.consider(frame.image, c.probs, subject if c.region is not None else None)
+        sel = sampler.consider(frame.image, c.probs, subject if c.region is not None else None, capture=capture,
+                               region=c.region)
         if sel is None:
             return
         policy = sampler.policy
@@ -324,18 +373,34 @@ class Pipeline:
                 h, w = c.model_image.shape[:2]
                 model_input = messages.image_field(encoded[0], encoded[1], w, h,
                                                    colour="rgb" if c.model_image.ndim == 3 else "grey")
-        region = None
-        if c.region is not None and c.region_box:  # the box in pixels of the image sent (it may be downscaled)
-            sx, sy = sel.width / frame.image.shape[1], sel.height / frame.image.shape[0]
-            x, y, w, h = c.region_box
-            region = {"name": c.region, "box": [round(x * sx), round(y * sy), max(1, round(w * sx)), max(1, round(h * sy))]}
         self._publish(self.topics.sample, messages.sample(
             device=self.device, seq=max(0, self._seq - 1), run_id=self.run_id, ts=frame.ts,
-            frame_id=frame.frame_id, model=self.classifier.model_info, reasons=sel.reasons,
-            top_k=top, scores=c.probs.tolist(), stats=sel.uncertainty.as_dict(), image=sel.image,
+            frame_id=frame.frame_id, model=classifier.model_info, reasons=sel.reasons,
+            top_k=top, scores=c.probs.tolist(), stats=sel.stats(), image=sel.image,
             image_format=sel.image_format, width=sel.width, height=sel.height,
-            model_input=model_input, region=region), qos=self.settings.sample_qos)
+            model_input=model_input, region=self._sent_box(sel, frame, c.region, c.region_box)),
+            qos=self.settings.sample_qos)
         self.stats.samples += 1
+        self.stats.captured += int(capture)
+
+    def _capture_frame(self, frame, name: str | None, roi: Sequence[float] | None) -> None:
+        """Capture mode without a model: the frame as a sample (``model`` null, nothing classified). A named
+        region sends the frame with the region's box (the host crops it); a single ``roi`` sends its crop."""
+        sampler = self.sampler
+        assert sampler is not None  # checked in __init__
+        box = roi_box(frame.image.shape, roi) if roi is not None else None
+        crop = frame.image[box[1]:box[1] + box[3], box[0]:box[0] + box[2]] if box is not None else None
+        image = crop if crop is not None and name is None else frame.image
+        sel = sampler.consider(image, None, crop if name is not None else None, capture=True, region=name)
+        if sel is None:
+            return
+        self._publish(self.topics.sample, messages.sample(
+            device=self.device, seq=max(0, self._seq - 1), run_id=self.run_id, ts=frame.ts,
+            frame_id=frame.frame_id, model=None, reasons=sel.reasons, top_k=[], scores=[], stats=sel.stats(),
+            image=sel.image, image_format=sel.image_format, width=sel.width, height=sel.height,
+            region=self._sent_box(sel, frame, name, box)), qos=self.settings.sample_qos)
+        self.stats.samples += 1
+        self.stats.captured += 1
 
     # -- main loop -----------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None) -> RunStats:
@@ -343,7 +408,7 @@ class Pipeline:
         st = self.settings
         started = time.monotonic()
         self._last_score = None
-        self._event("started", {"model": self.classifier.model_info, "source": type(self.source).__name__})
+        self._event("started", {"model": self._model_info(), "source": type(self.source).__name__})
         ended_by = "stopped"
         try:
             ended_by = self._loop(stop, started)

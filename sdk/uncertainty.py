@@ -5,6 +5,11 @@ entropy, or a random audit draw; selections are rate-limited (per minute and per
 de-duplicated with a 64-bit perceptual hash (DCT of a 32x32 thumbnail, as imagehash's
 ``phash``, computed with OpenCV so a device needs no SciPy). The image is encoded PNG or
 JPEG under a byte cap (lower JPEG quality, then smaller).
+
+Capture mode (:class:`CaptureSchedule`, ``consider(..., capture=True)``): one frame every
+``capture_every_s`` seconds is sent whatever the model says (reason ``capture``, with the frame's
+uncertainty reasons when it has any), with or without a model; not rate-limited (the schedule
+is its rate) but de-duplicated like every other sample, so a static scene is not sent again.
 """
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 REASONS = ("low_confidence", "small_margin", "high_entropy", "random_audit")
+#: A sample's reason in capture mode (a frame every ``capture_every_s``, with or without a model).
+CAPTURE = "capture"
 
 
 @dataclass
@@ -127,15 +134,50 @@ def encode_model_input(image: np.ndarray, fmt: str = "png", max_bytes: int = 200
     return None
 
 
+class CaptureSchedule:
+    """Which frames capture mode sends: ``due(t)`` for each frame's time ``t`` (seconds, any clock
+    that moves forward). The first frame is due, then the first one at or after each further
+    ``every_s`` on the grid started by it (a late frame does not shift the grid; a gap longer than
+    a period sends one frame, not a burst). A clock that goes back (a camera's time set back)
+    starts the grid again at that frame, which is due."""
+
+    TOLERANCE_S = 1e-6  # a frame at 2.0 s on a clock read as 1.9999999 is on time
+
+    def __init__(self, every_s: float):
+        if not every_s > 0:
+            raise ValueError(f"capture interval must be > 0 s (got {every_s})")
+        self.every_s = float(every_s)
+        self._origin: float | None = None
+        self._last = 0.0
+        self._slot = 0  # the next capture is due at origin + slot * every_s
+
+    def due(self, t: float) -> bool:
+        if self._origin is None or t < self._last:
+            self._origin, self._last, self._slot = t, t, 1
+            return True
+        self._last = t
+        elapsed = t - self._origin
+        if elapsed + self.TOLERANCE_S < self._slot * self.every_s:
+            return False
+        self._slot = int((elapsed + self.TOLERANCE_S) // self.every_s) + 1
+        return True
+
+
 @dataclass
 class Selection:
     reasons: list[str]
-    uncertainty: Uncertainty
+    uncertainty: Uncertainty | None  # None: a capture taken without a model
     image: bytes
     image_format: str
     width: int
     height: int
     hash: int
+
+    def stats(self) -> dict:
+        """The sample's ``confidence``, ``margin``, ``entropy`` (None each without a model)."""
+        if self.uncertainty is None:
+            return {"confidence": None, "margin": None, "entropy": None}
+        return self.uncertainty.as_dict()
 
 
 @dataclass
@@ -150,8 +192,9 @@ class Sampler:
         self._rng = random.Random(self.seed)
         self._minute: collections.deque[float] = collections.deque()
         self._hour: collections.deque[float] = collections.deque()
-        self._hashes: collections.deque[int] = collections.deque(maxlen=self.policy.dedup_window)
+        self._hashes: dict[str | None, collections.deque[int]] = {}  # region -> its recent samples' hashes
         self.considered = self.selected = self.rate_limited = self.duplicates = 0
+        self.captured = 0  # of selected: capture-mode samples
 
     def _within_rate(self, now: float) -> bool:
         while self._minute and now - self._minute[0] >= 60:
@@ -160,30 +203,41 @@ class Sampler:
             self._hour.popleft()
         return len(self._minute) < self.policy.per_minute and len(self._hour) < self.policy.per_hour
 
-    def consider(self, frame: np.ndarray, probs: np.ndarray, subject: np.ndarray | None = None) -> Selection | None:
+    def consider(self, frame: np.ndarray, probs: np.ndarray | None, subject: np.ndarray | None = None,
+                 capture: bool = False, region: str | None = None) -> Selection | None:
         """Select ``frame`` (sent as the sample's image) when ``probs`` are uncertain; duplicates are judged
-        on ``subject`` (what was classified: a region's crop), the frame when None."""
-        if not self.policy.enabled:
+        on ``subject`` (what was classified: a region's crop), the frame when None, against the recent
+        samples of the same ``region`` (two regions that look alike are not duplicates of each other).
+        ``capture``: the frame is due in capture mode: selected whatever ``probs`` say (``probs`` None:
+        taken without a model), not rate-limited nor counted against the rates, de-duplicated all the same."""
+        if not self.policy.enabled and not capture:
             return None
         self.considered += 1
-        u = measure(probs)
-        reasons = reasons_for(u, self.policy)
-        if not reasons and self.policy.audit_fraction > 0 and self._rng.random() < self.policy.audit_fraction:
+        u = measure(probs) if probs is not None else None
+        reasons = reasons_for(u, self.policy) if u is not None and self.policy.enabled else []
+        if not reasons and u is not None and self.policy.enabled and self.policy.audit_fraction > 0 \
+                and self._rng.random() < self.policy.audit_fraction:
             reasons = ["random_audit"]
+        if capture:
+            reasons = reasons + [CAPTURE]
         if not reasons:
             return None
         now = self.clock()
-        if not self._within_rate(now):
+        if not capture and not self._within_rate(now):
             self.rate_limited += 1
             return None
         h = phash(frame if subject is None else subject)
-        if any(hamming(h, k) <= self.policy.dedup_distance for k in self._hashes):
+        recent = self._hashes.setdefault(region, collections.deque(maxlen=self.policy.dedup_window))
+        if any(hamming(h, k) <= self.policy.dedup_distance for k in recent):
             self.duplicates += 1
             return None
         data, w, hh = encode_image(frame, self.policy.image_format, self.policy.max_bytes, self.policy.max_side,
                                    self.policy.jpeg_quality)
-        self._hashes.append(h)
-        self._minute.append(now)
-        self._hour.append(now)
+        recent.append(h)
+        if capture:
+            self.captured += 1
+        else:
+            self._minute.append(now)
+            self._hour.append(now)
         self.selected += 1
         return Selection(reasons, u, data, self.policy.image_format, w, hh, h)
