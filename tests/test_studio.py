@@ -5,9 +5,11 @@ the same pages in a real browser.
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import cv2
@@ -323,3 +325,106 @@ def test_run_reports_are_served_and_nothing_outside_them(store, tmp_path):
                  "/runs/r2/report.html"):
         r = client.get(path)
         assert r.status_code == 404 and "not yours" not in r.text, path
+
+
+# -- bootstrap: a dataset started from capture mode ---------------------------------------------
+def capture(frame: np.ndarray, i: int, box: tuple[int, int, int, int]) -> dict:
+    """A capture-mode sample taken without a model: the frame, one named region, no scores."""
+    png = cv2.imencode(".png", frame)[1].tobytes()
+    return messages.sample(
+        device="door-cam", seq=i, run_id="boot", ts=1795318626.0 + 5 * i, frame_id=5 * i, model=None,
+        reasons=["capture"], top_k=[], scores=[], stats={"confidence": None, "margin": None, "entropy": None},
+        image=png, image_format="png", width=frame.shape[1], height=frame.shape[0],
+        region={"name": "door", "box": list(box)})
+
+
+def door_frames(digits, n: int) -> list[tuple[np.ndarray, str]]:
+    """Colour 96x64 frames of a cluttered scene whose 'door' region (x 40, y 12, 28x28) shows a real
+    MNIST 0 ('closed') or 1 ('open'), tinted; the clutter around it changes every frame."""
+    x, y = digits
+    rng = np.random.default_rng(1)
+    picked = [i for i in range(len(y)) if y[i] in (0, 1)][:n]
+    out = []
+    for i in picked:
+        frame = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)
+        frame[12:40, 40:68] = (x[i][..., None] * np.array([0.9, 0.7, 0.4])).astype(np.uint8)
+        out.append((frame, "closed" if y[i] == 0 else "open"))
+    return out
+
+
+def test_snapshot_of_a_store_refuses_too_few_labels(digits, tmp_path):
+    from train.config import TrainConfig
+    from train.errors import InputError
+    from train.train import snapshot_feedback
+
+    store = FeedbackStore(tmp_path / "boot")
+    frames = door_frames(digits, 6)
+    for i, (frame, _) in enumerate(frames):
+        assert store.add(capture(frame, i, (40, 12, 28, 28))) == i + 1
+    config = TrainConfig(data=str(store.path))
+    with pytest.raises(InputError, match="no classes yet; define them in the studio"):
+        snapshot_feedback(config)
+    store.set_label_names(["closed", "open"])
+    store.set_label(1, frames[0][1])
+    with pytest.raises(InputError, match=r"at least 2 labelled samples; too few: closed \(\d\), open \(\d\)"):
+        snapshot_feedback(config)
+    assert not (store.path / "snapshots").exists()
+    assert snapshot_feedback(TrainConfig(data="mnist")).data == "mnist"  # anything else passes through
+    store.close()
+
+
+@pytest.mark.slow
+def test_a_first_model_from_captured_frames(digits, tmp_path):
+    """Capture samples (no model) -> classes defined and frames labelled in the studio -> a first
+    model trained on the region crops and exported, all from the studio's API."""
+    store = FeedbackStore(tmp_path / "boot")
+    frames = door_frames(digits, 40)  # every distinct 0 and 1: about 20
+    assert len(frames) >= 16
+    for i, (frame, _) in enumerate(frames):
+        assert store.add(capture(frame, i, (40, 12, 28, 28))) == i + 1
+    client = client_for(store, runs_dir=tmp_path / "runs")
+    h = csrf(client)
+    assert "Define the classes" in client.get("/samples").text
+    card = client.get("/api/samples?order=oldest").json()["samples"][0]
+    assert (card["input"], card["model_version"], card["top_k"]) == ("/samples/1/region", "", [])
+    region = cv2.imdecode(np.frombuffer(client.get(card["input"]).content, np.uint8), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(region, frames[0][0][12:40, 40:68])  # the door, cut from the frame
+    assert client.get("/samples/1/input").status_code == 404  # no model, no model input
+    assert client.get("/api/samples?reason=capture").json()["total"] == len(frames)
+    r = client.post("/api/train", json={"epochs": 1}, headers=h)
+    assert r.status_code == 409 and "define the classes first" in r.json()["error"]
+    # the user's order, not the alphabet's: the model's outputs follow it
+    r = client.post("/api/labels", json={"labels": ["open", "closed"]}, headers=h)
+    assert r.status_code == 200 and r.json()["keys"] == {"0": "open", "1": "closed", "o": "open", "c": "closed"}
+    r = client.post("/api/labels", json={"labels": ["closed", "open"]}, headers=h)
+    assert r.status_code == 409 and "only be added after them" in r.json()["error"]
+    assert client.post("/api/labels", json={"labels": ["open", "closed", "a/b"]}, headers=h).status_code == 400
+    assert store.labels() == ["open", "closed"]
+    for sid, (_, label) in enumerate(frames, start=1):
+        assert client.post(f"/api/samples/{sid}/label", json={"label": label}, headers=h).status_code == 200
+    assert client.post("/api/train", json={"model": "vgg99"}, headers=h).json()["error"].startswith(
+        "unknown model 'vgg99'; valid: fast_cnn")
+    r = client.post("/api/train", json={"model": "fast_cnn", "epochs": 2, "image_size": [32, 32], "target": "cpu"},
+                    headers=h)
+    assert r.status_code == 200, r.text
+    job_id = r.json()["job"]["id"]
+    deadline = time.monotonic() + 300
+    while (job := client.get(f"/api/jobs/{job_id}").json())["status"] == "running":
+        assert time.monotonic() < deadline, job["log"][-5:]
+        time.sleep(1)
+    assert job["status"] == "succeeded", job["error"] or job["log"][-20:]
+    assert job["epochs"] == 2
+    run = Path(job["result"]["run_dir"])
+    config = json.loads((run / "config.json").read_text())
+    snapshot = Path(config["data"])
+    assert snapshot.parent == store.path / "snapshots"  # a dataset version, not the live store
+    assert (snapshot / "labels.txt").read_text() == "open\nclosed\n"
+    counts = {c: len(list((snapshot / c).iterdir())) for c in ("closed", "open")}
+    assert counts == {c: sum(label == c for _, label in frames) for c in ("closed", "open")}
+    crop = cv2.imread(str(next((snapshot / "open").iterdir())), cv2.IMREAD_UNCHANGED)
+    assert crop.shape == (28, 28, 3)  # the region, not the frame
+    manifest = json.loads((Path(job["result"]["bundle"]) / "manifest.json").read_text())
+    assert manifest["labels"] == ["open", "closed"] and manifest["target"] == "cpu"
+    assert manifest["input"]["shape"][1:] == [32, 32, 3]
+    page = client.get(f"/jobs/{job_id}").text
+    assert "The new model" in page and 'id="publish-section"' in page

@@ -5,6 +5,12 @@
     python -m train.train --config my_run.yaml --epochs 5      # flags override the file
     python -m train.train --noise-std 50                       # noise-injection defence
     python -m train.train --adversarial fgsm --adv-epsilon 16  # adversarial training (pixel units)
+    python -m train.train --model fast_cnn --data feedback/ --image-size 64 64   # a first model from a studio store
+
+``--data`` a feedback store (``train.collect`` / ``train.studio``): its labelled samples are exported
+as a dataset version, ``<store>/snapshots/<time>/`` (the model input when the device sent one, else
+the frame's region crop, classes in the store's label order), and the run trains on that folder, so
+the run's config names data that does not change as labelling goes on.
 
 The library twin is :func:`train.fit.run_training` (``run_training(TrainConfig(model="lenet5", data=...))``).
 """
@@ -19,7 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from train.config import AdversarialConfig, AugmentConfig, TrainConfig
-from train.errors import ExitCode, UsageError, exit_codes_help, run_command
+from train.errors import ExitCode, InputError, UsageError, exit_codes_help, run_command
 from train.fit import run_training
 
 logger = logging.getLogger(__name__)
@@ -143,6 +149,48 @@ def _with_adversarial(config: TrainConfig, args: argparse.Namespace) -> TrainCon
 
 
 EXIT_CODES = (ExitCode.OK, ExitCode.INTERNAL, ExitCode.USAGE, ExitCode.CONFIG, ExitCode.INPUT)
+MIN_PER_CLASS = 2  # a stratified validation split needs two of each
+
+
+def snapshot_feedback(config: TrainConfig) -> TrainConfig:
+    """``config`` as is, or, when ``config.data`` is a feedback store, with ``data`` set to a new
+    snapshot of its labelled samples (see the module doc). InputError naming the classes that have
+    too few labels, with the counts."""
+    import time
+    from pathlib import Path
+
+    store_dir = Path(config.data)
+    if not (store_dir.is_dir() and (store_dir / "index.sqlite").is_file()):
+        return config
+    from train.loop.samples import FeedbackError
+    from train.loop.store import FeedbackStore
+
+    with FeedbackStore(store_dir) as store:
+        labels, counts = store.labels(), store.counts()["labels"]
+        if not labels:
+            raise InputError(f"--data {store_dir}: a feedback store with no classes yet; define them in the studio "
+                             "(or train.label --labels) and label some samples first")
+        short = [f"{c} ({counts.get(c, 0)})" for c in labels if counts.get(c, 0) < MIN_PER_CLASS]
+        if short:
+            raise InputError(f"--data {store_dir}: every class needs at least {MIN_PER_CLASS} labelled samples; "
+                             f"too few: {', '.join(short)} (labelled: "
+                             f"{', '.join(f'{c} {n}' for c, n in counts.items()) or 'none'})")
+        out = store_dir / "snapshots" / time.strftime("%Y%m%d-%H%M%S")
+        n = 1
+        while out.exists():
+            n += 1
+            out = out.with_name(f"{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+        try:
+            exported = store.export_folder(out)
+        except FeedbackError as e:
+            raise InputError(f"--data {store_dir}: {e}") from e
+    short = [f"{c} ({exported.get(c, 0)})" for c in labels if exported.get(c, 0) < MIN_PER_CLASS]
+    if short:  # samples whose region does not fit their frame are left out of an export
+        raise InputError(f"--data {store_dir}: after leaving out the samples that could not be exported, too few "
+                         f"remain for: {', '.join(short)} (snapshot {out})")
+    logger.info("%s: %d labelled samples (%s) exported to %s", store_dir, sum(exported.values()),
+                ", ".join(f"{c} {exported.get(c, 0)}" for c in labels), out)
+    return config.model_copy(update={"data": str(out)})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in list_models():
             print(f"{name:<14} {model_info(name).get('description', '')}")
         return ExitCode.OK
-    return run_command(lambda: run_training(config_from_args(args)) and None)
+    return run_command(lambda: run_training(snapshot_feedback(config_from_args(args))) and None)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 ``<class>/<image>`` or ``<split>/<class>/<image>`` (``train/``, ``test/``, ``val/`` and their
 aliases); single wrapper folders around the whole tree (``cifar10-jpeg/``) are descended through.
+Classes are in folder-name order, or in the order of a ``labels.txt`` beside the class folders.
 Hidden files, ``__MACOSX`` and the like are ignored; other non-image files in class folders are
 skipped with a warning. Images are decoded with OpenCV (Pillow for what it cannot read) and made
 the asked-for colour and size, else the first image's.
@@ -187,12 +188,25 @@ def _layout(tree: _Tree, split: str) -> _Layout:
 
 def _class_names(tree: _Tree, layout: _Layout, names: list[str] | None) -> list[str]:
     if names is None:
+        names = _labels_file(tree, layout)
+    if names is None:
         return list(layout.all_classes)
     unknown = [c for c in layout.all_classes if c not in names]
     if unknown:
         raise DataError(f"{tree.where(layout.base + unknown[0])}: class folder '{unknown[0]}' is not one of "
                         f"class_names {names}")
     return list(names)
+
+
+def _labels_file(tree: _Tree, layout: _Layout) -> list[str] | None:
+    """The class order a ``labels.txt`` beside the class folders (or at the tree's top) gives, one name
+    per line (what ``FeedbackStore.export_folder`` writes: the model's index order); None without one."""
+    for rel in dict.fromkeys((f"{layout.base}labels.txt", f"{layout.prefix}labels.txt")):
+        if rel in tree.files:
+            names = [line.strip() for line in tree.read(rel).decode("utf-8", "replace").splitlines() if line.strip()]
+            if names:
+                return names
+    return None
 
 
 def _items(tree: _Tree, layout: _Layout, class_names: list[str]) -> list[tuple[str, int]]:

@@ -395,7 +395,7 @@ class FeedbackStore:
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (new_id, msg["device"], msg["run_id"], msg["seq"], msg["frame_id"], region,
              json.dumps(list(box)) if box is not None else None, msg["ts"], time.time(),
-             msg["model"]["name"], msg["model"]["version"], msg["model"]["sha256"], json.dumps(msg["reasons"]),
+             *_model_columns(msg["model"]), json.dumps(msg["reasons"]),
              json.dumps(top), json.dumps(msg["scores"]), top[0]["label"] if top else None,
              top[0]["score"] if top else None, h, sha, image_path.name,
              input_path.name if input_path else None, mi["colour"] if mi is not None else None,
@@ -496,8 +496,8 @@ class FeedbackStore:
             db = self._db
             return {
                 "devices": [r[0] for r in db.execute("SELECT DISTINCT device FROM samples ORDER BY device")],
-                "model_versions": [r[0] for r in db.execute(
-                    "SELECT DISTINCT model_version FROM samples ORDER BY model_version")],
+                "model_versions": [r[0] for r in db.execute(  # '' is a capture without a model
+                    "SELECT DISTINCT model_version FROM samples WHERE model_version != '' ORDER BY model_version")],
                 "reasons": [r[0] for r in db.execute(
                     "SELECT DISTINCT json_each.value FROM samples, json_each(samples.reasons) ORDER BY 1")],
                 "predicted": [r[0] for r in db.execute(
@@ -661,6 +661,14 @@ class FeedbackStore:
                            "; ".join(left_out))
         (out / "labels.txt").write_text("".join(f"{x}\n" for x in self.labels()))
         return counts
+
+
+def _model_columns(model: dict | None) -> tuple[str, str, str]:
+    """``model_name, model_version, model_sha256`` of a sample: empty strings for a capture taken
+    without a model (capture mode)."""
+    if model is None:
+        return "", "", ""
+    return model["name"], model["version"], model["sha256"]
 
 
 def _check_labels(labels: Sequence[str]) -> list[str]:

@@ -38,7 +38,14 @@ logger = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 PAGE_SIZE = 60
 REASONS = {"low_confidence": "confidence", "small_margin": "margin", "high_entropy": "entropy",
-           "random_audit": "audit"}
+           "random_audit": "audit", "capture": "capture"}
+#: Models offered for a first model (python -m train.train --list-models has them all).
+FIRST_MODELS = {"fast_cnn": "fast_cnn: a plain conv net, 1.2 MB INT8 (colour, 32-96 px)",
+                "mobilenet_v2": "mobilenet_v2: width 0.5, 1.0 MB INT8, Edge TPU friendly",
+                "resnet_small": "resnet_small: a small residual net",
+                "lenet5": "lenet5: small grey inputs (digits)"}
+TARGETS = ("rpi", "coral", "jetson", "cpu")
+MIN_PER_CLASS = 2
 
 
 class ApiError(Exception):
@@ -68,9 +75,17 @@ class StudioSettings:
     retrain_args: list[str] = field(default_factory=list)
 
     @property
+    def out_dir(self) -> Path:
+        """Where the studio's training jobs write runs: ``runs_dir``, else beside the base run, else
+        ``runs/`` beside the store."""
+        if self.runs_dir is not None:
+            return self.runs_dir
+        return self.base_run.parent if self.base_run is not None else self.store.resolve().parent / "runs"
+
+    @property
     def run_dirs(self) -> list[Path]:
-        """Where runs (and their report.html) live: ``runs_dir`` and the base run's folder."""
-        dirs = [d for d in (self.runs_dir, self.base_run.parent if self.base_run is not None else None) if d is not None]
+        """Where runs (and their report.html) live: ``out_dir`` and the base run's folder."""
+        dirs = [d for d in (self.out_dir, self.base_run.parent if self.base_run is not None else None) if d is not None]
         return list(dict.fromkeys(d.resolve() for d in dirs))
 
 
@@ -243,7 +258,10 @@ def create_app(settings: StudioSettings, guard: Guard, *, store: FeedbackStore |
         return {"id": s.id, "device": s.device, "region": s.region, "model_version": s.model_version,
                 "model_name": s.model_name, "reasons": s.reasons, "top_k": s.top_k, "predicted": s.predicted,
                 "score": s.score, "status": s.status, "label": s.label, "ts": s.ts,
-                "input": f"/samples/{s.id}/input" if s.input_path is not None else None,
+                # what to label: the model input; for a region sample without one (capture mode without
+                # a model), the region cropped from the frame
+                "input": f"/samples/{s.id}/input" if s.input_path is not None else (
+                    f"/samples/{s.id}/region" if s.region_box is not None else None),
                 "frame": f"/samples/{s.id}/frame"}
 
     def query(f: dict[str, Any]) -> tuple[list[Sample], int]:
@@ -258,7 +276,7 @@ def create_app(settings: StudioSettings, guard: Guard, *, store: FeedbackStore |
         keys = _label_keys(labels)
         shown = {k: ("all" if k == "status" and v is None else v) for k, v in f.items() if k != "page"}
         return page(request, "samples.html", samples=[sample_json(s) for s in samples], total=total,
-                    filters=shown, facets=store.facets(), labels=labels, keys=keys,
+                    filters=shown, facets=store.facets(), labels=labels, keys=keys, labels_given=store.labels_given,
                     reasons=REASONS, orders=list(ORDERS), statuses=["all", *STATUSES], counts=store.counts(),
                     page_no=f["page"], pages=max(1, -(-total // PAGE_SIZE)),
                     query=lambda **kw: "?" + urlencode({k: v for k, v in {**shown, **kw}.items() if v}))
@@ -282,6 +300,17 @@ def create_app(settings: StudioSettings, guard: Guard, *, store: FeedbackStore |
         if s.input_path is None:
             raise ApiError(404, f"sample {sample_id}: the device sent no model input")
         return _file(s.input_path)
+
+    @app.get("/samples/{sample_id}/region")
+    async def sample_region(sample_id: int):
+        s = sample(sample_id)
+        if s.region_box is None:
+            raise ApiError(404, f"sample {sample_id}: not a region sample")
+        try:
+            png = _png(s.region_image())
+        except FeedbackError as e:
+            raise ApiError(404, f"sample {sample_id}: {e}") from e
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/samples/{sample_id}/frame")
     async def sample_frame(sample_id: int):
@@ -346,10 +375,32 @@ def create_app(settings: StudioSettings, guard: Guard, *, store: FeedbackStore |
             raise ApiError(400, f"distance must be 0..64 bits, got {distance}")
         return {"ids": store_call(store.similar, sample_id, distance)}
 
+    @app.post("/api/labels")
+    async def define_labels(request: Request):
+        """Define the classes of a store that has none (a dataset started from capture mode), or add
+        classes at the end; the order of those a model may already use never changes."""
+        data = await body(request)
+        labels = data.get("labels")
+        if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+            raise ApiError(400, "'labels': a non-empty list of class names")
+        labels = [x.strip() for x in labels]
+        bad = [x for x in labels if not x or x.startswith(".") or any(c in x for c in "/\\\0")]
+        if bad:
+            raise ApiError(400, f"class name {bad[0]!r} cannot be used (empty, a leading '.', or a '/' or '\\')")
+        if len(set(labels)) != len(labels):
+            raise ApiError(400, f"class names must be distinct, got {', '.join(labels)}")
+        current = store.labels()
+        if labels[:len(current)] != current:
+            raise ApiError(409, f"the classes are {', '.join(current)} in this order (a model's outputs); "
+                                "new classes can only be added after them")
+        store_call(store.set_label_names, labels)
+        return {"labels": store.labels(), "keys": _label_keys(store.labels())}
+
     # -- retrain, publish, rollback -----------------------------------------------------------
     @app.get("/retrain", response_class=HTMLResponse)
     async def retrain_page(request: Request):
         return page(request, "retrain.html", counts=store.counts(), settings=settings, jobs=jobs.all(),
+                    labels=store.labels(), first_models=FIRST_MODELS, targets=TARGETS, min_per_class=MIN_PER_CLASS,
                     devices=fleet.device_ids() if fleet is not None else [], fleet=fleet_snapshot(),
                     problems=_retrain_problems(settings), publish_problems=_publish_problems(settings))
 
@@ -366,7 +417,7 @@ def create_app(settings: StudioSettings, guard: Guard, *, store: FeedbackStore |
         if not isinstance(epochs, int) or isinstance(epochs, bool) or not 1 <= epochs <= 200:
             raise ApiError(400, f"'epochs' must be a whole number 1..200, got {epochs!r}")
         name = f"{settings.base_run.name}-studio-{time.strftime('%Y%m%d-%H%M%S')}"
-        out = settings.runs_dir or settings.base_run.parent
+        out = settings.out_dir
         argv = ["--base", str(settings.base_run), "--feedback", str(settings.store), "--out", str(out),
                 "--name", name, "--epochs", str(epochs), *settings.retrain_args]
         argv += ["--bundle", str(settings.bundle)] if settings.bundle is not None else ["--no-export"]
@@ -374,6 +425,45 @@ def create_app(settings: StudioSettings, guard: Guard, *, store: FeedbackStore |
             argv += ["--device-config", str(settings.device_config)]
         try:
             job = jobs.start_retrain(argv, out / name, f"retrain {settings.base_run.name} on {counts['labelled']} labels")
+        except JobConflict as e:
+            raise ApiError(409, str(e)) from e
+        return {"job": job.as_json(), "url": f"/jobs/{job.id}"}
+
+    @app.post("/api/train")
+    async def start_train(request: Request):
+        """A first model from the store's labels: train.train on a snapshot, then train.export."""
+        data = await body(request)
+        model, target = data.get("model", "fast_cnn"), data.get("target", "rpi")
+        if model not in FIRST_MODELS:
+            raise ApiError(400, f"unknown model {model!r}; valid: {', '.join(FIRST_MODELS)}")
+        if target not in TARGETS:
+            raise ApiError(400, f"unknown target {target!r}; valid: {', '.join(TARGETS)}")
+        epochs = data.get("epochs", 20)
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or not 1 <= epochs <= 500:
+            raise ApiError(400, f"'epochs' must be a whole number 1..500, got {epochs!r}")
+        size = data.get("image_size", [32, 32])
+        if (not isinstance(size, list) or len(size) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= 512 for v in size)):
+            raise ApiError(400, f"'image_size': [height, width], each 8..512 pixels, got {size!r}")
+        labels, counts = store.labels(), store.counts()["labels"]
+        if not labels:
+            raise ApiError(409, "define the classes first (on the samples page), then label some samples")
+        short = [f"{c} ({counts.get(c, 0)})" for c in labels if counts.get(c, 0) < MIN_PER_CLASS]
+        if short:
+            raise ApiError(409, f"every class needs at least {MIN_PER_CLASS} labelled samples; too few: {', '.join(short)}")
+        name = f"{model}-studio-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = settings.out_dir
+        train_argv = ["--data", str(settings.store), "--model", model, "--epochs", str(epochs),
+                      "--image-size", str(size[0]), str(size[1]), "--runs-dir", str(out), "--run-name", name,
+                      "--no-tensorboard"]
+        if min(counts.get(c, 0) for c in labels) >= 10:  # enough for a test split: accuracy on images never trained on
+            train_argv += ["--test-fraction", "0.2"]
+        if data.get("augment", True):
+            train_argv.append("--augment")
+        export_argv = ["--target", target, "--run", str(out / name), "--out", str(out / name / "bundles" / target)]
+        try:
+            job = jobs.start_train(train_argv, export_argv, out / name,
+                                   f"first model: {model} on {sum(counts.values())} labels, for {target}")
         except JobConflict as e:
             raise ApiError(409, str(e)) from e
         return {"job": job.as_json(), "url": f"/jobs/{job.id}"}
@@ -524,6 +614,15 @@ def _label_keys(labels: list[str]) -> dict[str, str]:
 def _safe_next(path: str) -> str:
     """Only a local path after sign-in (no open redirect to another site)."""
     return path if path.startswith("/") and not path.startswith("//") and "\\" not in path else "/fleet"
+
+
+def _png(img) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise FeedbackError(f"cannot encode a {getattr(img, 'shape', '?')} image as PNG")
+    return buf.tobytes()
 
 
 def _file(path: Path) -> FileResponse:

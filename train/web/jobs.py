@@ -1,10 +1,11 @@
-"""Long work the studio starts for the user: a retrain (``python -m train.retrain`` in a child
-process, so TensorFlow never runs inside the web server) and a publish or rollback (the
+"""Long work the studio starts for the user: a retrain (``python -m train.retrain``) or a first
+model (``python -m train.train`` then ``python -m train.export``), each in child processes so
+TensorFlow never runs inside the web server, and a publish or rollback (the
 :mod:`train.loop.publish` library in a thread, waiting for each device's answer).
 
-One retrain runs at a time. Each job keeps the last lines of its output, its progress (the
-epoch Keras last printed), its outcome and, for a retrain, the new run and bundle read from the
-run's ``retrain.json``.
+One training job (retrain or train) runs at a time. Each job keeps the last lines of its output,
+its progress (the epoch Keras last printed), its outcome and the new run and bundle: a retrain's
+from the run's ``retrain.json``, a first model's from its run folder and the export's bundle.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from sdk.errors import ExitCode
 
 _EPOCH = re.compile(r"^Epoch (\d+)/(\d+)")
 LOG_LINES = 400
+TRAINING = ("retrain", "train")
 
 
 class JobConflict(RuntimeError):
@@ -33,7 +35,7 @@ class JobConflict(RuntimeError):
 @dataclass
 class Job:
     id: str
-    kind: str                           # retrain | publish | rollback
+    kind: str                           # retrain | train | publish | rollback
     title: str
     status: str = "running"             # running | succeeded | failed
     started: float = field(default_factory=time.time)
@@ -76,48 +78,70 @@ class Jobs:
             self._jobs[job.id] = job
         return job
 
-    # -- retrain --------------------------------------------------------------------------
+    # -- training: retrain, or a first model ----------------------------------------------
     def start_retrain(self, argv: list[str], run_dir: Path, title: str, env: dict | None = None) -> Job:
-        """Run ``python -m train.retrain ARGV`` (which writes ``run_dir``); JobConflict if one runs."""
+        """Run ``python -m train.retrain ARGV`` (which writes ``run_dir``); JobConflict if a training runs."""
+        return self.start_steps("retrain", [("train.retrain", argv)], run_dir, title, env)
+
+    def start_train(self, train_argv: list[str], export_argv: list[str] | None, run_dir: Path, title: str,
+                    env: dict | None = None) -> Job:
+        """A first model: ``python -m train.train TRAIN_ARGV`` (writing ``run_dir``), then, when
+        ``export_argv`` is given, ``python -m train.export EXPORT_ARGV``; JobConflict if a training runs."""
+        steps = [("train.train", train_argv)] + ([("train.export", export_argv)] if export_argv is not None else [])
+        return self.start_steps("train", steps, run_dir, title, env)
+
+    def start_steps(self, kind: str, steps: list[tuple[str, list[str]]], run_dir: Path, title: str,
+                    env: dict | None = None) -> Job:
         with self._lock:
-            if any(j.kind == "retrain" and j.status == "running" for j in self._jobs.values()):
-                raise JobConflict("a retrain is already running; wait for it to finish")
-        job = self._new("retrain", title)
+            if any(j.kind in TRAINING and j.status == "running" for j in self._jobs.values()):
+                raise JobConflict("a training job is already running; wait for it to finish")
+        job = self._new(kind, title)
         job.result["run_dir"] = str(run_dir)
-        job.result["argv"] = argv
-        proc = subprocess.Popen([self.python, "-u", "-m", "train.retrain", *argv], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
-        threading.Thread(target=self._follow, args=(job, proc, run_dir), name=f"job-{job.id}", daemon=True).start()
+        job.result["argv"] = steps[0][1]
+        threading.Thread(target=self._run_steps, args=(job, steps, run_dir, env), name=f"job-{job.id}",
+                         daemon=True).start()
         return job
 
-    def _follow(self, job: Job, proc: subprocess.Popen, run_dir: Path) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip()
-            m = _EPOCH.match(line)
-            if m:
-                job.epoch, job.epochs = int(m.group(1)), int(m.group(2))
-            if line:
-                job.log.append(line)
-        job.returncode = proc.wait()
-        report = run_dir / "retrain.json"
+    def _run_steps(self, job: Job, steps: list[tuple[str, list[str]]], run_dir: Path, env: dict | None) -> None:
+        for module, argv in steps:
+            job.log.append(f"$ python -m {module} {' '.join(argv)}")
+            proc = subprocess.Popen([self.python, "-u", "-m", module, *argv], stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                line = line.rstrip()
+                m = _EPOCH.match(line)
+                if m:
+                    job.epoch, job.epochs = int(m.group(1)), int(m.group(2))
+                if line:
+                    job.log.append(line)
+            job.returncode = proc.wait()
+            if job.returncode != 0:
+                try:
+                    name = ExitCode(job.returncode).name.lower()
+                except ValueError:
+                    name = "killed" if job.returncode < 0 else "error"
+                job.error = f"{module} exited {job.returncode} ({name}): " + (job.log[-1] if job.log else "no output")
+                break
+        self._read_result(job, run_dir, steps)
+        job.status = "succeeded" if job.returncode == 0 and job.error is None else "failed"
+        job.ended = time.time()
+
+    @staticmethod
+    def _read_result(job: Job, run_dir: Path, steps: list[tuple[str, list[str]]]) -> None:
+        name = "retrain.json" if job.kind == "retrain" else "metrics.json"
+        report = run_dir / name
         if report.is_file():
             try:
                 job.result["report"] = json.loads(report.read_text())
             except json.JSONDecodeError as e:
-                job.error = f"{report}: unreadable ({e})"
-        job.result["bundle"] = (job.result.get("report") or {}).get("bundle")
-        if job.returncode == 0:
-            job.status = "succeeded"
-        else:
-            job.status = "failed"
-            try:
-                name = ExitCode(job.returncode).name.lower()
-            except ValueError:
-                name = "killed" if job.returncode < 0 else "error"
-            job.error = job.error or f"train.retrain exited {job.returncode} ({name}): " + (
-                job.log[-1] if job.log else "no output")
-        job.ended = time.time()
+                job.error = job.error or f"{report}: unreadable ({e})"
+        if job.kind == "retrain":
+            job.result["bundle"] = (job.result.get("report") or {}).get("bundle")
+        elif job.returncode == 0 and len(steps) > 1:
+            argv = steps[1][1]
+            bundle = Path(argv[argv.index("--out") + 1])
+            job.result["bundle"] = str(bundle) if (bundle / "manifest.json").is_file() else None
 
     # -- publish / rollback ---------------------------------------------------------------
     def start_call(self, kind: str, title: str, call: Callable[[], list]) -> Job:

@@ -240,7 +240,31 @@ function target(form) {
   return t === "__fleet__" ? {fleet: true} : {devices: [t]};
 }
 
+function startLabels() {
+  const form = document.getElementById("labels-form");
+  if (form) form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const current = form.dataset.current ? form.dataset.current.split("\n") : [];
+    const added = new FormData(form).get("labels").split(/[,\n]/).map((x) => x.trim()).filter((x) => x);
+    if (!added.length) { flash("name at least one class"); return; }
+    try {
+      await api("POST", "/api/labels", {labels: [...current, ...added]});
+      location.reload();
+    } catch (err) { flash(err.message); }
+  });
+}
+
 function startRetrain() {
+  const train = document.getElementById("train-form");
+  if (train) train.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const f = new FormData(train);
+    try {
+      const r = await api("POST", "/api/train", {model: f.get("model"), epochs: +f.get("epochs"), target: f.get("target"),
+                                                 image_size: [+f.get("height"), +f.get("width")]});
+      location.href = r.url;
+    } catch (err) { flash(err.message); }
+  });
   const form = document.getElementById("retrain-form");
   if (form) form.addEventListener("submit", async (e) => {
     e.preventDefault();
@@ -287,7 +311,7 @@ document.addEventListener("DOMContentLoaded", () => {
   if (logout) logout.addEventListener("click", async () => { await api("POST", "/api/logout"); location.href = "/login"; });
   const page = document.body.dataset.page;
   if (page === "fleet") startFleet();
-  if (page === "samples") startSamples();
+  if (page === "samples") { startLabels(); startSamples(); }
   if (page === "retrain") startRetrain();
   if (page === "job") startJob();
 });
