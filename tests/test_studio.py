@@ -321,6 +321,7 @@ def test_run_reports_are_served_and_nothing_outside_them(store, tmp_path):
     client = client_for(store, runs_dir=runs)
     assert "the report" in client.get("/runs/r1/report.html").text
     assert 'href="/runs/r1/report.html"' in client.get("/runs").text
+    assert client.get("/runs/r1/report.html").headers["content-security-policy"].startswith("default-src 'none'")
     for path in ("/runs/r1/../../secret.txt", "/runs/r1/%2e%2e/%2e%2e/secret.txt", "/runs/..%2Fsecret.txt/x",
                  "/runs/r2/report.html"):
         r = client.get(path)
@@ -428,3 +429,73 @@ def test_a_first_model_from_captured_frames(digits, tmp_path):
     assert manifest["input"]["shape"][1:] == [32, 32, 3]
     page = client.get(f"/jobs/{job_id}").text
     assert "The new model" in page and 'id="publish-section"' in page
+
+
+def test_a_snapshot_loads_in_the_stores_class_order_whatever_the_class_names(tmp_path, caplog):
+    """labels.txt (what an export writes) orders the classes, even classes called like split folders;
+    another tool's labels.txt that does not name the folders is ignored, with a warning."""
+    from train.data import load_dataset
+
+    snap = tmp_path / "snap"
+    for cls, n in (("valid", 3), ("defect", 2)):
+        (snap / cls).mkdir(parents=True)
+        for i in range(n):
+            cv2.imwrite(str(snap / cls / f"{i}.png"), np.full((8, 8, 3), 40 * i, np.uint8))
+    (snap / "labels.txt").write_text("valid\ndefect\n")
+    ds = load_dataset(str(snap))
+    assert ds.class_names == ["valid", "defect"] and sorted(ds.y.tolist()) == [0, 0, 0, 1, 1]
+    (snap / "labels.txt").write_text("0 defect\n1 valid\n")  # Coral's format
+    with pytest.raises(Exception, match="mixes split folders"):
+        load_dataset(str(snap))  # without a usable labels.txt, 'valid' is a split folder again
+    other = tmp_path / "other"
+    for cls in ("cat", "dog"):
+        (other / cls).mkdir(parents=True)
+        cv2.imwrite(str(other / cls / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    (other / "labels.txt").write_text("0 cat\n1 dog\n")
+    assert load_dataset(str(other)).class_names == ["cat", "dog"]
+    assert "does not name the class folder(s) cat, dog; ignored" in caplog.text
+
+
+def test_a_job_that_cannot_start_fails_and_frees_the_slot(tmp_path):
+    from train.web.jobs import Jobs
+
+    jobs = Jobs(python=str(tmp_path / "no-such-python"))
+    job = jobs.start_retrain(["--help"], tmp_path / "run", "retrain")
+    deadline = time.monotonic() + 10
+    while job.status == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert job.status == "failed" and "FileNotFoundError" in job.error and job.ended is not None
+    assert jobs.start_retrain(["--help"], tmp_path / "run", "again") is not None  # no stale 'running' job
+
+
+def test_the_studio_stops_promptly_with_a_fleet_page_open(tmp_path):
+    """SIGTERM with a browser's event stream open: the server stops within seconds, not when the tab closes."""
+    import signal
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "train.studio", "--store", str(tmp_path / "fb"), "--port", str(port),
+                             "-q"], env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                stream = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/fleet/events", timeout=5)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+                time.sleep(0.2)
+        assert stream.readline().startswith(b"data: ")
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+        assert time.monotonic() - t0 < 5
+        stream.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

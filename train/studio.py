@@ -146,7 +146,9 @@ def _serve(args: argparse.Namespace) -> int:
                               tls=tls, username=user, password=password, rejected_dir=args.store / "rejected")
         collector.start()
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
-                                           proxy_headers=False, server_header=False))
+                                           proxy_headers=False, server_header=False,
+                                           # an open fleet page's event stream must not hold up a stop
+                                           timeout_graceful_shutdown=2))
     signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
     where = f"[{args.host}]" if ":" in args.host else args.host
     logger.info("studio on http://%s:%d (store %s%s)", where, args.port, args.store,

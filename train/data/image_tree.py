@@ -154,6 +154,9 @@ def _layout(tree: _Tree, split: str) -> _Layout:
     prefix = _strip_wrapper(tree)
     top = _subdirs(tree, prefix)
     split_dirs = {d: SPLIT_ALIASES[d.lower()] for d in top if d.lower() in SPLIT_ALIASES}
+    named = _read_labels(tree, f"{prefix}labels.txt")
+    if split_dirs and named is not None and set(top) <= set(named):
+        split_dirs = {}  # a labels.txt naming them: class folders called 'valid', 'test', ... (an export)
     loose = _loose_images(tree, prefix)
     if loose:
         raise DataError(f"{tree.where(loose[0])}: image is not inside a class folder "
@@ -198,14 +201,27 @@ def _class_names(tree: _Tree, layout: _Layout, names: list[str] | None) -> list[
     return list(names)
 
 
+def _read_labels(tree: _Tree, rel: str) -> list[str] | None:
+    if rel not in tree.files:
+        return None
+    names = [line.strip() for line in tree.read(rel).decode("utf-8", "replace").splitlines() if line.strip()]
+    return names or None
+
+
 def _labels_file(tree: _Tree, layout: _Layout) -> list[str] | None:
     """The class order a ``labels.txt`` beside the class folders (or at the tree's top) gives, one name
-    per line (what ``FeedbackStore.export_folder`` writes: the model's index order); None without one."""
+    per line (what ``FeedbackStore.export_folder`` writes: the model's index order); None without
+    one, or (with a warning) when it does not name every class folder (another tool's format)."""
     for rel in dict.fromkeys((f"{layout.base}labels.txt", f"{layout.prefix}labels.txt")):
-        if rel in tree.files:
-            names = [line.strip() for line in tree.read(rel).decode("utf-8", "replace").splitlines() if line.strip()]
-            if names:
-                return names
+        names = _read_labels(tree, rel)
+        if names is None:
+            continue
+        missing = [c for c in layout.all_classes if c not in names]
+        if missing:
+            logger.warning("%s: does not name the class folder(s) %s; ignored (classes in folder-name order)",
+                           tree.where(rel), ", ".join(missing[:5]))
+            return None
+        return names
     return None
 
 

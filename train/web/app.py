@@ -10,6 +10,7 @@ store except through :class:`~train.loop.store.FeedbackStore` (one transaction p
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import logging
 import mimetypes
@@ -23,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sdk.mqtt import TlsSettings
@@ -149,7 +151,7 @@ def create_app(settings: StudioSettings, guard: Guard, *, store: FeedbackStore |
     def _refuse(path: str, status: int, message: str) -> Response:
         if path.startswith("/api/"):
             return JSONResponse({"error": message}, status)
-        return HTMLResponse(f"<!doctype html><title>Refused</title><p>{message}</p>", status)
+        return HTMLResponse(f"<!doctype html><title>Refused</title><p>{html.escape(message)}</p>", status)
 
     def csrf_of(request: Request) -> str:
         token = request.cookies.get(CSRF_COOKIE)
@@ -307,7 +309,7 @@ def create_app(settings: StudioSettings, guard: Guard, *, store: FeedbackStore |
         if s.region_box is None:
             raise ApiError(404, f"sample {sample_id}: not a region sample")
         try:
-            png = _png(s.region_image())
+            png = await run_in_threadpool(lambda: _png(s.region_image()))
         except FeedbackError as e:
             raise ApiError(404, f"sample {sample_id}: {e}") from e
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
@@ -325,9 +327,11 @@ def create_app(settings: StudioSettings, guard: Guard, *, store: FeedbackStore |
             raise ApiError(400, "the request body must be a JSON object")
         return data
 
-    def store_call(fn: Callable, *args) -> Any:
+    async def store_call(fn: Callable, *args) -> Any:
+        """A store call in the thread pool (a write may wait on another writer's lock), its
+        FeedbackError as 404 (no such sample) or 400."""
         try:
-            return fn(*args)
+            return await run_in_threadpool(fn, *args)
         except FeedbackError as e:
             raise ApiError(404 if "no sample with id" in str(e) else 400, str(e)) from e
 
@@ -341,20 +345,20 @@ def create_app(settings: StudioSettings, guard: Guard, *, store: FeedbackStore |
         if not isinstance(label, str):
             raise ApiError(400, f"'label' must be one of {', '.join(store.labels())}")
         before = state(sample(sample_id))
-        store_call(store.set_label, sample_id, label, settings.labeller)
+        await store_call(store.set_label, sample_id, label, settings.labeller)
         return {"before": before, "after": state(store.get(sample_id)), "counts": store.counts()}
 
     @app.post("/api/samples/{sample_id}/skip")
     async def skip_sample(sample_id: int):
         before = state(sample(sample_id))
-        store_call(store.skip, sample_id, settings.labeller)
+        await store_call(store.skip, sample_id, settings.labeller)
         return {"before": before, "after": state(store.get(sample_id)), "counts": store.counts()}
 
     @app.post("/api/samples/{sample_id}/restore")
     async def restore_sample(sample_id: int, request: Request):
         data = await body(request)
         sample(sample_id)
-        store_call(store.restore, sample_id, str(data.get("status")), data.get("label"), settings.labeller)
+        await store_call(store.restore, sample_id, str(data.get("status")), data.get("label"), settings.labeller)
         return {"after": state(store.get(sample_id)), "counts": store.counts()}
 
     @app.post("/api/samples/bulk")
@@ -365,15 +369,15 @@ def create_app(settings: StudioSettings, guard: Guard, *, store: FeedbackStore |
             raise ApiError(400, "'ids' must be a non-empty list of sample ids")
         if not isinstance(label, str):
             raise ApiError(400, f"'label' must be one of {', '.join(store.labels())}")
-        before = [state(store_call(store.get, i)) for i in ids]
-        n = store_call(store.set_labels, ids, label, settings.labeller)
+        before = [state(await store_call(store.get, i)) for i in ids]
+        n = await store_call(store.set_labels, ids, label, settings.labeller)
         return {"labelled": n, "before": before, "counts": store.counts()}
 
     @app.get("/api/samples/{sample_id}/similar")
     async def similar(sample_id: int, distance: int = 10):
         if not 0 <= distance <= 64:
             raise ApiError(400, f"distance must be 0..64 bits, got {distance}")
-        return {"ids": store_call(store.similar, sample_id, distance)}
+        return {"ids": await store_call(store.similar, sample_id, distance)}
 
     @app.post("/api/labels")
     async def define_labels(request: Request):
@@ -393,7 +397,7 @@ def create_app(settings: StudioSettings, guard: Guard, *, store: FeedbackStore |
         if labels[:len(current)] != current:
             raise ApiError(409, f"the classes are {', '.join(current)} in this order (a model's outputs); "
                                 "new classes can only be added after them")
-        store_call(store.set_label_names, labels)
+        await store_call(store.set_label_names, labels)
         return {"labels": store.labels(), "keys": _label_keys(store.labels())}
 
     # -- retrain, publish, rollback -----------------------------------------------------------
@@ -563,7 +567,11 @@ def create_app(settings: StudioSettings, guard: Guard, *, store: FeedbackStore |
         if target is None or not target.is_relative_to(run) or not target.is_file():
             where = ", ".join(map(str, settings.run_dirs)) or "no runs folder (start with --base RUN or --runs-dir DIR)"
             raise ApiError(404, f"{name}/{path}: no such file of a run in {where}")
-        return _file(target)
+        response = _file(target)
+        # report.html is self-contained (inline styles, data: images) and runs no script
+        response.headers["Content-Security-Policy"] = ("default-src 'none'; img-src 'self' data:; "
+                                                       "style-src 'unsafe-inline'; frame-ancestors 'none'")
+        return response
 
     return app
 

@@ -92,10 +92,11 @@ class Jobs:
 
     def start_steps(self, kind: str, steps: list[tuple[str, list[str]]], run_dir: Path, title: str,
                     env: dict | None = None) -> Job:
-        with self._lock:
+        with self._lock:  # the check and the new job under one hold: two clicks start one job
             if any(j.kind in TRAINING and j.status == "running" for j in self._jobs.values()):
                 raise JobConflict("a training job is already running; wait for it to finish")
-        job = self._new(kind, title)
+            job = Job(id=uuid.uuid4().hex[:12], kind=kind, title=title)
+            self._jobs[job.id] = job
         job.result["run_dir"] = str(run_dir)
         job.result["argv"] = steps[0][1]
         threading.Thread(target=self._run_steps, args=(job, steps, run_dir, env), name=f"job-{job.id}",
@@ -103,10 +104,20 @@ class Jobs:
         return job
 
     def _run_steps(self, job: Job, steps: list[tuple[str, list[str]]], run_dir: Path, env: dict | None) -> None:
+        try:
+            self._steps(job, steps, run_dir, env)
+        except Exception as e:  # shown on the job's page; never a job left 'running'
+            job.error = job.error or f"{type(e).__name__}: {e}"
+            job.returncode = job.returncode if job.returncode not in (None, 0) else ExitCode.INTERNAL
+        finally:
+            job.status = "succeeded" if job.returncode == 0 and job.error is None else "failed"
+            job.ended = time.time()
+
+    def _steps(self, job: Job, steps: list[tuple[str, list[str]]], run_dir: Path, env: dict | None) -> None:
         for module, argv in steps:
             job.log.append(f"$ python -m {module} {' '.join(argv)}")
             proc = subprocess.Popen([self.python, "-u", "-m", module, *argv], stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
+                                    stderr=subprocess.STDOUT, text=True, bufsize=1, env=env, errors="replace")
             assert proc.stdout is not None
             for line in proc.stdout:
                 line = line.rstrip()
@@ -124,8 +135,6 @@ class Jobs:
                 job.error = f"{module} exited {job.returncode} ({name}): " + (job.log[-1] if job.log else "no output")
                 break
         self._read_result(job, run_dir, steps)
-        job.status = "succeeded" if job.returncode == 0 and job.error is None else "failed"
-        job.ended = time.time()
 
     @staticmethod
     def _read_result(job: Job, run_dir: Path, steps: list[tuple[str, list[str]]]) -> None:

@@ -103,7 +103,7 @@ function startSamples() {
   const advance = () => {
     const next = cards.findIndex((c, j) => j > focus && c.dataset.status === "pending");
     if (next >= 0) { setFocus(next); return; }
-    if (!cards.some((c) => c.dataset.status === "pending" || c.classList.contains("saving"))) {
+    if (!cards.some((c) => c.dataset.status === "pending")) {
       queue.then(() => {  // everything on this page is done: the next page of what is left
         if (!cards.some((c) => c.classList.contains("saving"))) location.reload();
       });
@@ -149,8 +149,9 @@ function startSamples() {
         const r = await api("POST", "/api/samples/bulk", {ids, label: value});
         undo.push(r.before);
         setCounts(r.counts);
-        for (const c of cards) if (selected.has(+c.dataset.id)) show(c, "labelled", value);
-        selected.clear();
+        const done = new Set(ids);  // what was sent, whatever the selection is now
+        for (const c of cards) if (done.has(+c.dataset.id)) show(c, "labelled", value);
+        for (const id of ids) selected.delete(id);
         updateBulk();
         flash(`${r.labelled} samples labelled ${value}`, "info");
         advance();
@@ -184,7 +185,10 @@ function startSamples() {
   }
 
   document.addEventListener("keydown", (e) => {
-    if (e.target.closest("input, select, textarea") || e.ctrlKey || e.metaKey || e.altKey || !cards.length) return;
+    // keys belong to what has focus when it is a control (a form field, a link, a button other than
+    // a card's label buttons), never to the gallery
+    if (e.target.closest("input, select, textarea, a, summary, [contenteditable], button:not(.label-btn)")
+        || e.ctrlKey || e.metaKey || e.altKey || !cards.length) return;
     const card = cards[focus];
     const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
     if (keys[key] !== undefined) {
