@@ -127,24 +127,26 @@ def run(config: Config, stop: threading.Event | None = None, status_stream: Text
                               resize=pp.resize, regions=regions)
 
     u = config.update
-    configured = config.model
-    if configured is None and u.enabled and config.mqtt.enabled:
-        logger.warning("no model: capture mode only (a frame every %g s to the sample topic, no results); model "
-                       "updates are not listened for until a model is configured", config.sampling.capture_every_s)
-    updates = u.enabled and config.mqtt.enabled and configured is not None
+    configured = config.model  # None: no model configured (capture mode until an update brings one)
+    updates = u.enabled and config.mqtt.enabled
     policy = update_policy(config) if updates else None  # a bad key fails now, not at the first update
-    store = ModelStore(u.store_dir or default_store_dir(config.device_id), u.keep) \
-        if u.enabled and configured is not None else None
+    store = ModelStore(u.store_dir or default_store_dir(config.device_id), u.keep) if u.enabled else None
+    model_path = store.startup_model(configured) if store is not None else \
+        (Path(configured) if configured is not None else None)
     classifier: Classifier | None = None
-    if configured is not None:
-        model_path = store.startup_model(configured) if store is not None else Path(configured)
+    if model_path is not None:
         try:
             classifier = make_classifier(model_path)
         except (ManifestError, ModelError, RuntimeUnavailableError) as e:
-            if store is None or model_path == Path(configured):
+            if store is None or (configured is not None and model_path == Path(configured)):
                 raise
             store.fall_back(str(e))
-            classifier = make_classifier(configured)
+            classifier = make_classifier(configured) if configured is not None else None
+    if classifier is None:
+        logger.warning("no model: capture mode (a frame every %g s to the sample topic, no results)%s",
+                       config.sampling.capture_every_s,
+                       "; the first model published to this device's model/set topic is installed and swapped in"
+                       if updates else "; model updates are off (update.enabled or mqtt.enabled is false)")
     bundle = classifier.bundle if classifier is not None else None
     topics = Topics(config.device_id, config.mqtt.topic_prefix)
     s = config.sampling
@@ -176,7 +178,7 @@ def run(config: Config, stop: threading.Event | None = None, status_stream: Text
         pipeline = Pipeline(source, classifier, publisher, topics, settings, sampler, status_stream, capture=capture)
         if publisher is not None:
             # subscribe before connecting: a persistent session delivers at once
-            if updates and store is not None and configured is not None:
+            if updates and store is not None:
                 updater = ModelUpdater(topics=topics, publisher=publisher, target=pipeline,
                                        make_classifier=make_classifier, store=store, configured_model=configured,
                                        policy=policy, run_id=pipeline.run_id,

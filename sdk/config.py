@@ -229,7 +229,8 @@ class Config(_Strict):
     max_frames: int | None = Field(None, ge=1, description="Stop after this many frames (benchmarks, tests).")
     model: str | None = Field(
         "models/current", description="Model bundle directory (manifest.json + model.tflite); null: no model, "
-                                      "capture mode only (needs sampling.capture_every_s; publishes no results).")
+                                      "capture mode (needs sampling.capture_every_s; no results until a first model arrives "
+                                      "signed on model/set, then kept across restarts).")
     top_k: int = Field(3, ge=1, description="How many classes each result lists.")
     threshold: float = Field(0.0, ge=0, le=1, description="Leave out classes scoring below this.")
     camera: CameraSettings = Field(default_factory=CameraSettings, description="Camera / stream capture.")

@@ -152,8 +152,10 @@ def test_without_a_model_the_cli_captures_every_2s_of_the_video_and_publishes_no
     events = validate("event", col.on("/event"))
     assert events[0]["event"] == "started" and events[0]["detail"]["model"] is None
     assert [p for t, p, _ in col.messages if t.endswith("/status")][0] == b"online"
-    # no model, so no updater: nothing subscribed, no model/state, no store made
-    assert not col.on("/model/state") and not (tmp_path / "models").exists()
+    # no model yet: the updater listens for the first one (tests/test_first_model.py); nothing active, nothing stored
+    assert [(s["active"], s["previous"], s["last_update"]) for s in validate("model-state", col.on("/model/state"))] \
+        == [(None, None, None)]
+    assert not (tmp_path / "models").exists()
     col.close()
 
 

@@ -137,8 +137,11 @@ class ModelStore:
     def previous(self) -> dict | None:
         return self.state["previous"]
 
-    def path_of(self, ref: dict, configured: str | Path) -> Path:
-        return Path(configured) if ref.get("dir") is None else self.root / ref["dir"]
+    def path_of(self, ref: dict, configured: str | Path | None) -> Path | None:
+        """Where ``ref``'s bundle is: its store folder, or the configured model (None: there is none)."""
+        if ref.get("dir") is not None:
+            return self.root / ref["dir"]
+        return Path(configured) if configured is not None else None
 
     def staging(self) -> Path:
         d = self.root / STAGING_DIR
@@ -146,34 +149,53 @@ class ModelStore:
         return d
 
     # -- start-up ----------------------------------------------------------------------------
-    def startup_model(self, configured: str | Path) -> Path:
+    def startup_model(self, configured: str | Path | None) -> Path | None:
         """The bundle to start with: the one an update installed, unless the configured model
-        changed since (then the configured one wins and the stored choice is set aside)."""
-        configured = Path(configured)
+        changed since (then the configured one wins and the stored choice is set aside).
+        ``configured`` None (``model: null``): the installed one if the first update came to a
+        device without a model (``base`` None), else None (capture mode only).
+
+        ``base`` is the configured model the first update replaced; None when that update found no
+        model running (a device bootstrapped in capture mode): then the stored model wins while the
+        configuration still says ``model: null``, and a model configured since wins over it."""
         active, base = self.state["active"], self.state["base"]
         if active is None or active.get("dir") is None:
-            return configured
-        try:
-            configured_sha = load_manifest(configured).sha256
-        except BundleError:
-            configured_sha = None
-        if base is not None and configured_sha is not None and configured_sha != base["sha256"]:
-            logger.warning("the configured model %s changed since the last update (sha256 %s... -> %s...): using it; "
-                           "the updated model %s %s is set aside", configured, base["sha256"][:12],
-                           configured_sha[:12], active["name"], active["version"])
-            self.state.update(active=None, previous=None, base=None)
-            self.save()
-            return configured
+            return Path(configured) if configured is not None else None
+        if configured is None:
+            if base is not None:  # the configured model was removed since the update: no model then
+                logger.warning("model is null but the updated model %s %s replaced the configured %s %s: running "
+                               "without a model (capture mode); the updated model is set aside", active["name"],
+                               active["version"], base["name"], base["version"])
+                self._set_aside()
+                return None
+        else:
+            configured = Path(configured)
+            try:
+                configured_sha = load_manifest(configured).sha256
+            except BundleError:
+                configured_sha = None
+            # base None: the first update came with no model running, so any model configured since is a change
+            if configured_sha is not None and (base is None or configured_sha != base["sha256"]):
+                was = "it was null when the first model arrived" if base is None else \
+                    f"sha256 {base['sha256'][:12]}... -> {configured_sha[:12]}..."
+                logger.warning("the configured model %s changed since the last update (%s): using it; the updated "
+                               "model %s %s is set aside", configured, was, active["name"], active["version"])
+                self._set_aside()
+                return configured
         path = self.root / active["dir"]
         logger.info("using the model installed by update %s: %s %s (%s)", active.get("update_id"), active["name"],
                     active["version"], path)
         return path
 
+    def _set_aside(self) -> None:
+        self.state.update(active=None, previous=None, base=None)
+        self.save()
+
     def fall_back(self, reason: str) -> None:
-        """The stored active model did not load: run the configured one from now on."""
+        """The stored active model did not load: run the configured one (or none) from now on."""
         bad = self.state["active"]
-        logger.error("the updated model %s %s failed to load (%s); falling back to the configured model",
-                     bad and bad["name"], bad and bad["version"], reason)
+        logger.error("the updated model %s %s failed to load (%s); falling back to the configured model (with "
+                     "model: null, to capture mode)", bad and bad["name"], bad and bad["version"], reason)
         self.state.update(active=None, previous=None)
         self.save()
 
@@ -188,9 +210,10 @@ class ModelStore:
         os.replace(extracted, dest)
         return name
 
-    def activate(self, ref: dict, current: dict) -> None:
-        """``ref`` is now running; ``current`` (what ran before) becomes the rollback target."""
-        if self.state["base"] is None and current.get("dir") is None:
+    def activate(self, ref: dict, current: dict | None) -> None:
+        """``ref`` is now running; ``current`` (what ran before) becomes the rollback target (None:
+        no model ran, the first model of a device in capture mode: nothing to roll back to)."""
+        if self.state["base"] is None and current is not None and current.get("dir") is None:
             self.state["base"] = dict(current)
         self.state["previous"], self.state["active"] = current, ref
         if ref.get("dir") and ref["dir"] not in self.state["installed"]:

@@ -40,7 +40,7 @@ OUTCOMES = ("applied", "refused", "rolled_back")
 
 
 class SwapTarget(Protocol):
-    """What the updater needs of the pipeline."""
+    """What the updater needs of the pipeline (``classifier`` None: no model yet, capture mode)."""
 
     classifier: Any
 
@@ -67,13 +67,15 @@ class ModelUpdater:
     """Receives updates on ``model/set`` (and the fleet topic), verifies, applies or refuses them.
 
     ``make_classifier(path)`` loads a bundle directory into a classifier like the running one
-    (same delegate, preprocessing options); ``target`` is the running pipeline. Use
+    (same delegate, preprocessing options); ``target`` is the running pipeline. A pipeline without
+    a classifier (``configured_model`` None, capture mode) takes its first model the same way: the
+    same verification, no compatibility check (nothing runs to compare with), nothing to roll back to. Use
     :meth:`start` before the publisher connects (so queued messages of a persistent session
     find the subscription) and :meth:`close` at the end.
     """
 
     def __init__(self, *, topics: Topics, publisher: Any, target: SwapTarget,
-                 make_classifier: Callable[[Path], Any], store: ModelStore, configured_model: str | Path,
+                 make_classifier: Callable[[Path], Any], store: ModelStore, configured_model: str | Path | None,
                  policy: UpdatePolicy | None = None, run_id: str = "",
                  on_model_change: Callable[[Any], None] | None = None):
         self.topics = topics
@@ -82,7 +84,7 @@ class ModelUpdater:
         self.target = target
         self.make_classifier = make_classifier
         self.store = store
-        self.configured_model = Path(configured_model)
+        self.configured_model = Path(configured_model) if configured_model is not None else None
         self.policy = policy or UpdatePolicy()
         self.run_id = run_id
         self.device_set = topics.model_set
@@ -106,7 +108,11 @@ class ModelUpdater:
             return self
         self._started = True
         cur = self.target.classifier
-        if self.store.active is None:
+        if cur is None:  # no model yet (capture mode): the first update brings one
+            if self.store.active is not None:  # should not happen: app loads the stored one
+                logger.warning("active.json names %s but no model is running", self.store.active["version"])
+                self.store.state.update(active=None, previous=None)
+        elif self.store.active is None:
             self.store.state["active"] = model_ref(cur.manifest, None, None)
         elif self.store.active["sha256"] != cur.manifest.sha256:  # should not happen: app loaded the stored one
             logger.warning("active.json names %s but %s is running", self.store.active["version"], cur.manifest.version)
@@ -347,7 +353,9 @@ class ModelUpdater:
             p.file.close()
             manifest = unpack_update(p.path, a, incoming, EXTRACT_FACTOR * self.policy.max_bytes)
             check_claims(b, manifest)
-            check_compatible(manifest, self.target.classifier.manifest, self.policy)
+            running = self.target.classifier
+            if running is not None:  # a first model (capture mode) has nothing to be compatible with
+                check_compatible(manifest, running.manifest, self.policy)
             installed = self.store.install(incoming, manifest, b.update_id)
             classifier = self._load(self.store.root / installed)
             smoke_test(classifier, self.target.recent_frames())
@@ -388,7 +396,10 @@ class ModelUpdater:
         except CancelledError as e:
             raise UpdateRefused("the pipeline stopped before the new model could be swapped in") from e
 
-    def _current_ref(self) -> dict:
+    def _current_ref(self) -> dict | None:
+        """The running model as ``active.json`` names it; None when none runs (capture mode)."""
+        if self.target.classifier is None:
+            return None
         active = self.store.active
         cur = self.target.classifier.manifest
         if active is not None and active["sha256"] == cur.sha256:
@@ -406,6 +417,8 @@ class ModelUpdater:
             if prev is None:
                 raise UpdateRefused("no previous model to roll back to")
             path = self.store.path_of(prev, self.configured_model)
+            if path is None:
+                raise UpdateRefused("the previous model was the configured one and model is null now")
             classifier = self._load(path)
             smoke_test(classifier, self.target.recent_frames())
             before = self._current_ref()
