@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-import sdk
 from contract import validate
 from mqtt_fixtures import Collector, mosquitto  # noqa: F401  (fixture)
 from sdk.bundle import load_manifest
@@ -26,7 +24,11 @@ from sdk.config import Config
 from sdk.messages import model_info
 from sdk.update import ModelStore, model_ref
 from sdk_bundle_fixture import sdk_bundle  # noqa: F401  (fixture)
-from test_model_update import bundles  # noqa: F401  (fixture: v1 is sdk_bundle, v2 other weights, same input)
+from test_model_update import (
+    Device,
+    bundles,  # noqa: F401  (fixture: v1 is sdk_bundle, v2 other weights, same input)
+    collector,
+)
 from train.data.videos import write_digit_video
 from train.loop.keys import generate_keypair
 from train.loop.publish import publish_bundle, rollback
@@ -59,41 +61,6 @@ def device_config(video, broker, tmp_path, keys) -> Config:
                   update={"store_dir": str(tmp_path / "store"), "public_key": str(keys["pub"])})
 
 
-class Device:
-    """``sdk.run(config)`` in a thread until ``ready(collector)``; stopped on exit."""
-
-    def __init__(self, config: Config, col: Collector, ready):
-        self.config, self.col, self.ready = config, col, ready
-        self.stop = threading.Event()
-        self.stats = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        try:
-            self.stats = sdk.run(self.config, stop=self.stop)
-        except BaseException as e:  # noqa: BLE001 - reported by the test
-            self.error = e
-
-    def __enter__(self) -> "Device":
-        self.thread.start()
-        assert self.col.wait_for(self.ready, 30), self.error
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(30)
-        assert not self.thread.is_alive()
-        if self.error is not None and exc[0] is None:
-            raise self.error
-
-
-def collector(port: int) -> Collector:
-    col = Collector(port, ("edge/#",))
-    assert col.wait_subscribed()
-    return col
-
-
 def results(col) -> list[dict]:
     return validate("result", col.on(f"{DEVICE}/result"))
 
@@ -111,26 +78,25 @@ def capturing(col, n: int = 2) -> bool:
     return len(col.on(f"{DEVICE}/sample")) >= n
 
 
-def more_captures(col, n: int = 2, timeout: float = 15) -> list[dict]:
-    """The next ``n`` captures made from now on (the device keeps capturing)."""
-    k, t0 = len(col.on(f"{DEVICE}/sample")), time.time()
+def _fresh(col, kind: str, n: int, timeout: float, what: str) -> list[dict]:
+    """The next ``n`` ``kind`` messages (result, sample) of frames read from now on, schema-checked."""
+    k, t0 = len(col.on(f"{DEVICE}/{kind}")), time.time()
 
     def fresh(c) -> list[bytes]:
-        return [p for p in c.on(f"{DEVICE}/sample")[k:] if json.loads(p)["ts"] > t0]
+        return [p for p in c.on(f"{DEVICE}/{kind}")[k:] if json.loads(p)["ts"] > t0]
 
-    assert col.wait_for(lambda c: len(fresh(c)) >= n, timeout), "captures stopped"
-    return validate("sample", fresh(col)[:n])
+    assert col.wait_for(lambda c: len(fresh(c)) >= n, timeout), what
+    return validate(kind, fresh(col)[:n])
+
+
+def more_captures(col, n: int = 2, timeout: float = 15) -> list[dict]:
+    """The next ``n`` captures made from now on (the device keeps capturing)."""
+    return _fresh(col, "sample", n, timeout, "captures stopped")
 
 
 def flowing(col, n: int = 5, timeout: float = 15) -> list[dict]:
     """The first ``n`` results of frames read from now on (the device keeps classifying)."""
-    k, t0 = len(col.on(f"{DEVICE}/result")), time.time()
-
-    def fresh(c) -> list[bytes]:
-        return [p for p in c.on(f"{DEVICE}/result")[k:] if json.loads(p)["ts"] > t0]
-
-    assert col.wait_for(lambda c: len(fresh(c)) >= n, timeout), "results stopped flowing"
-    return validate("result", fresh(col)[:n])
+    return _fresh(col, "result", n, timeout, "results stopped flowing")
 
 
 def modelless_ready(col) -> bool:

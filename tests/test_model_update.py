@@ -148,10 +148,11 @@ def device_config(bundle, video, broker, tmp_path, *, mqtt=None, **update) -> Co
 
 
 class Device:
-    """``sdk.run(config)`` on a looping video in a thread, stopped on exit."""
+    """``sdk.run(config)`` on a looping video in a thread, stopped on exit. With ``col``, entering
+    waits until ``ready(col)`` holds, by default until 5 more results have arrived."""
 
-    def __init__(self, config: Config, col: Collector | None = None):
-        self.config, self.col = config, col
+    def __init__(self, config: Config, col: Collector | None = None, ready=None):
+        self.config, self.col, self.ready = config, col, ready
         self.stop = threading.Event()
         self.stats = None
         self.error: BaseException | None = None
@@ -167,7 +168,8 @@ class Device:
         n0 = len(self.col.on(f"{DEVICE}/result")) if self.col else 0
         self.thread.start()
         if self.col is not None:  # ready: its model/state is out and results flow
-            assert self.col.wait_for(lambda c: len(c.on(f"{DEVICE}/result")) >= n0 + 5, 30), self.error
+            ready = self.ready or (lambda c: len(c.on(f"{DEVICE}/result")) >= n0 + 5)
+            assert self.col.wait_for(ready, 30), self.error
         return self
 
     def __exit__(self, *exc):

@@ -149,7 +149,6 @@ def _with_adversarial(config: TrainConfig, args: argparse.Namespace) -> TrainCon
 
 
 EXIT_CODES = (ExitCode.OK, ExitCode.INTERNAL, ExitCode.USAGE, ExitCode.CONFIG, ExitCode.INPUT)
-MIN_PER_CLASS = 2  # a stratified validation split needs two of each
 
 
 def snapshot_feedback(config: TrainConfig) -> TrainConfig:
@@ -162,6 +161,7 @@ def snapshot_feedback(config: TrainConfig) -> TrainConfig:
     store_dir = Path(config.data)
     if not (store_dir.is_dir() and (store_dir / "index.sqlite").is_file()):
         return config
+    from train.loop.export import MIN_PER_CLASS, too_few_labels
     from train.loop.samples import FeedbackError
     from train.loop.store import FeedbackStore
 
@@ -170,7 +170,7 @@ def snapshot_feedback(config: TrainConfig) -> TrainConfig:
         if not labels:
             raise InputError(f"--data {store_dir}: a feedback store with no classes yet; define them in the studio "
                              "(or train.label --labels) and label some samples first")
-        short = [f"{c} ({counts.get(c, 0)})" for c in labels if counts.get(c, 0) < MIN_PER_CLASS]
+        short = too_few_labels(labels, counts)
         if short:
             raise InputError(f"--data {store_dir}: every class needs at least {MIN_PER_CLASS} labelled samples; "
                              f"too few: {', '.join(short)} (labelled: "
@@ -184,7 +184,7 @@ def snapshot_feedback(config: TrainConfig) -> TrainConfig:
             exported = store.export_folder(out)
         except FeedbackError as e:
             raise InputError(f"--data {store_dir}: {e}") from e
-    short = [f"{c} ({exported.get(c, 0)})" for c in labels if exported.get(c, 0) < MIN_PER_CLASS]
+    short = too_few_labels(labels, exported)
     if short:  # samples whose region does not fit their frame are left out of an export
         raise InputError(f"--data {store_dir}: after leaving out the samples that could not be exported, too few "
                          f"remain for: {', '.join(short)} (snapshot {out})")

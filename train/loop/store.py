@@ -28,8 +28,6 @@ Needs numpy, OpenCV, jsonschema and the standard library only (no TensorFlow, no
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import csv
 import hashlib
 import json
@@ -43,13 +41,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import cv2
 import jsonschema
 import numpy as np
 
 from sdk.messages import load_schema
 from sdk.preprocess import crop_roi
 from sdk.uncertainty import hamming, phash
+from train.loop.export import export_folder
+from train.loop.images import check_colour, decode_field, write_file
 from train.loop.samples import FeedbackError, Sample
 
 logger = logging.getLogger(__name__)
@@ -58,8 +57,6 @@ STATUSES = ("pending", "labelled", "skipped")
 #: Sort orders of :meth:`FeedbackStore.query`: SQL for each.
 ORDERS = {"newest": "id DESC", "oldest": "id ASC", "uncertain": "COALESCE(score, 0) ASC, id DESC"}
 _EXT = {"png": "png", "jpeg": "jpg"}
-_MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "jpeg": b"\xff\xd8\xff"}
-_CHANNELS = {"grey": 1, "rgb": 3}
 _U64 = (1 << 64) - 1
 
 _SCHEMA = """
@@ -101,44 +98,6 @@ class CsvReport:
     errors: list[str] = field(default_factory=list)
 
 
-def _decode_b64(data: str, where: str) -> bytes:
-    try:
-        return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise FeedbackError(f"{where}: not valid base64 ({e})") from e
-
-
-def _decode_image(data: bytes, where: str) -> np.ndarray:
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
-    if img is None:
-        raise FeedbackError(f"{where}: the bytes are not a decodable image")
-    return img
-
-
-def _decode_field(field: dict, where: str) -> tuple[bytes, np.ndarray]:
-    """An image field's bytes and decoded image, checked against its ``bytes``, ``format``, ``width``
-    and ``height``; FeedbackError naming the field that does not match."""
-    data = _decode_b64(field["data"], f"{where}.data")
-    if len(data) != field["bytes"]:
-        raise FeedbackError(f"{where}.bytes: says {field['bytes']} but the data holds {len(data)} bytes")
-    fmt = field["format"]
-    if not data.startswith(_MAGIC[fmt]):
-        raise FeedbackError(f"{where}.format: says {fmt} but the data is not a {fmt.upper()} file")
-    img = _decode_image(data, f"{where}.data ({fmt})")
-    if img.shape[:2] != (field["height"], field["width"]):
-        raise FeedbackError(f"{where}.width/height: say {field['width']}x{field['height']} but the image is "
-                            f"{img.shape[1]}x{img.shape[0]}")
-    return data, img
-
-
-def _check_colour(field: dict, img: np.ndarray, where: str) -> None:
-    channels = img.shape[2] if img.ndim == 3 else 1
-    if channels != _CHANNELS[field["colour"]]:
-        raise FeedbackError(f"{where}.colour: says {field['colour']} but the image has {channels} channel(s)")
-    if img.dtype != np.uint8:
-        raise FeedbackError(f"{where}.data: a {img.dtype.itemsize * 8}-bit image; a model input is 8-bit")
-
-
 def _region(msg: dict) -> tuple[str, tuple[int, int, int, int] | None]:
     """``(name, box)`` of a sample's region; ``("", None)`` for a sample of the whole frame."""
     if "region" not in msg:
@@ -152,20 +111,6 @@ def _region(msg: dict) -> tuple[str, tuple[int, int, int, int] | None]:
 def _signed(h: int) -> int:
     """sqlite INTEGER is signed 64-bit: store the unsigned hash in two's complement."""
     return h - (1 << 64) if h >= 1 << 63 else h
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class FeedbackStore:
@@ -321,11 +266,11 @@ class FeedbackStore:
         """Store a sample payload; its new id, or None for a duplicate. Raises FeedbackError if invalid."""
         try:
             self._validate(msg)
-            data, frame = _decode_field(msg["image"], "$.image")
+            data, frame = decode_field(msg["image"], "$.image")
             input_data = model_input = None
             if "model_input" in msg:
-                input_data, model_input = _decode_field(msg["model_input"], "$.model_input")
-                _check_colour(msg["model_input"], model_input, "$.model_input")
+                input_data, model_input = decode_field(msg["model_input"], "$.model_input")
+                check_colour(msg["model_input"], model_input, "$.model_input")
             region, box = _region(msg)
         except FeedbackError:
             self.invalid += 1
@@ -384,9 +329,9 @@ class FeedbackStore:
         image_path = self.images_dir / f"{new_id}.{_EXT[msg['image']['format']]}"
         mi = msg.get("model_input")
         input_path = self.inputs_dir / f"{new_id}.{_EXT[mi['format']]}" if mi is not None else None
-        _write_file(image_path, data)
+        write_file(image_path, data)
         if input_path is not None:
-            _write_file(input_path, input_data)
+            write_file(input_path, input_data)
         top = msg["top_k"]
         db.execute(
             "INSERT INTO samples (id, device, run_id, seq, frame_id, region, region_box, ts, received, model_name,"
@@ -629,38 +574,9 @@ class FeedbackStore:
 
     # -- export ---------------------------------------------------------------------------
     def export_folder(self, out_dir: str | os.PathLike) -> dict[str, int]:
-        """Write the labelled samples as ``out_dir/<label>/<id>.png|jpg`` plus ``labels.txt`` (the label
-        order), readable by ``train.data.load_dataset``: the model input when sent (its file as received;
-        a legacy colour one, stored with its channels swapped, re-encoded as a standard PNG), else the
-        frame, cropped to the sample's region when it has one (a region box that does not fit the
-        stored frame leaves the sample out, with a warning). ``out_dir`` must be new or empty. Returns
-        the count per label."""
-        out = Path(out_dir)
-        if out.exists() and any(out.iterdir()):
-            raise FeedbackError(f"{out}: not empty; export into a new folder")
-        samples = self.labelled()
-        for label in {s.label for s in samples}:
-            if label in (".", "..") or label.startswith(".") or any(c in label for c in "/\\\0"):
-                raise FeedbackError(f"label {label!r} cannot be a folder name (no '/', '\\', leading '.'); "
-                                    "load the labelled samples with FeedbackStore.labelled() instead")
-        out.mkdir(parents=True, exist_ok=True)
-        counts: dict[str, int] = {}
-        left_out = []
-        for s in samples:
-            try:
-                name, data = _export_file(s)
-            except FeedbackError as e:
-                left_out.append(str(e))
-                continue
-            dest = out / s.label / name
-            dest.parent.mkdir(exist_ok=True)
-            dest.write_bytes(data)
-            counts[s.label] = counts.get(s.label, 0) + 1
-        if left_out:
-            logger.warning("%s: %d labelled sample(s) left out of the export: %s", self.path, len(left_out),
-                           "; ".join(left_out))
-        (out / "labels.txt").write_text("".join(f"{x}\n" for x in self.labels()))
-        return counts
+        """The labelled samples as an image folder ``train.data.load_dataset`` reads: see
+        :func:`train.loop.export.export_folder`. Returns the count per label."""
+        return export_folder(self, out_dir)
 
 
 def _model_columns(model: dict | None) -> tuple[str, str, str]:
@@ -676,23 +592,3 @@ def _check_labels(labels: Sequence[str]) -> list[str]:
     if not out or len(set(out)) != len(out) or any(not x.strip() for x in out):
         raise FeedbackError(f"labels must be a non-empty list of distinct, non-blank names (got {out})")
     return out
-
-
-def _export_file(s: Sample) -> tuple[str, bytes]:
-    """A labelled sample's exported file: ``(name, bytes)``, a standard image (see ``export_folder``)."""
-    if s.input_path is not None:
-        if s.input_colour is None:  # legacy: RGB bytes in OpenCV's BGR slots
-            img = s.model_input()
-            if img.ndim == 3:
-                return f"{s.id}.png", _encode_png(cv2.cvtColor(img[..., :3], cv2.COLOR_RGB2BGR))
-        return f"{s.id}{s.input_path.suffix}", s.input_path.read_bytes()
-    if s.region_box is None:
-        return f"{s.id}{s.image_path.suffix}", s.image_path.read_bytes()
-    return f"{s.id}.png", _encode_png(s.region_image())
-
-
-def _encode_png(img: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", img)
-    if not ok:
-        raise FeedbackError(f"cannot encode a {img.shape} image as PNG")
-    return buf.tobytes()

@@ -15,7 +15,6 @@ import json
 import logging
 import mimetypes
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlencode
@@ -27,13 +26,16 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sdk.mqtt import TlsSettings
-from sdk.topics import DEFAULT_PREFIX, is_segment
+from train.loop.images import encode_png
 from train.loop.samples import FeedbackError, Sample
 from train.loop.store import ORDERS, STATUSES, FeedbackStore
 from train.web.fleet import FleetMonitor
-from train.web.jobs import JobConflict, Jobs
+from train.web.jobs import Jobs
+from train.web.rollout import add_rollout_routes
 from train.web.security import CSRF_COOKIE, CSRF_HEADER, SESSION_COOKIE, Guard
+from train.web.settings import ApiError, StudioSettings
+
+__all__ = ["ApiError", "StudioSettings", "create_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,54 +43,6 @@ HERE = Path(__file__).resolve().parent
 PAGE_SIZE = 60
 REASONS = {"low_confidence": "confidence", "small_margin": "margin", "high_entropy": "entropy",
            "random_audit": "audit", "capture": "capture"}
-#: Models offered for a first model (python -m train.train --list-models has them all).
-FIRST_MODELS = {"fast_cnn": "fast_cnn: a plain conv net, 1.2 MB INT8 (colour, 32-96 px)",
-                "mobilenet_v2": "mobilenet_v2: width 0.5, 1.0 MB INT8, Edge TPU friendly",
-                "resnet_small": "resnet_small: a small residual net",
-                "lenet5": "lenet5: small grey inputs (digits)"}
-TARGETS = ("rpi", "coral", "jetson", "cpu")
-MIN_PER_CLASS = 2
-
-
-class ApiError(Exception):
-    """An error answered as ``{"error": message}`` (API) or an error page, with ``status``."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass
-class StudioSettings:
-    """What ``python -m train.studio`` was started with."""
-
-    store: Path
-    broker: tuple[str, int] | None = None
-    prefix: str = DEFAULT_PREFIX
-    tls: TlsSettings | None = None
-    username: str | None = None
-    password: str | None = None
-    base_run: Path | None = None
-    bundle: Path | None = None
-    device_config: Path | None = None
-    runs_dir: Path | None = None
-    sign_key: Path | None = None
-    labeller: str = "studio"
-    retrain_args: list[str] = field(default_factory=list)
-
-    @property
-    def out_dir(self) -> Path:
-        """Where the studio's training jobs write runs: ``runs_dir``, else beside the base run, else
-        ``runs/`` beside the store."""
-        if self.runs_dir is not None:
-            return self.runs_dir
-        return self.base_run.parent if self.base_run is not None else self.store.resolve().parent / "runs"
-
-    @property
-    def run_dirs(self) -> list[Path]:
-        """Where runs (and their report.html) live: ``out_dir`` and the base run's folder."""
-        dirs = [d for d in (self.out_dir, self.base_run.parent if self.base_run is not None else None) if d is not None]
-        return list(dict.fromkeys(d.resolve() for d in dirs))
 
 
 def create_app(settings: StudioSettings, guard: Guard, *, store: FeedbackStore | None = None,
@@ -309,7 +263,7 @@ def create_app(settings: StudioSettings, guard: Guard, *, store: FeedbackStore |
         if s.region_box is None:
             raise ApiError(404, f"sample {sample_id}: not a region sample")
         try:
-            png = await run_in_threadpool(lambda: _png(s.region_image()))
+            png = await run_in_threadpool(lambda: encode_png(s.region_image()))
         except FeedbackError as e:
             raise ApiError(404, f"sample {sample_id}: {e}") from e
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
@@ -400,143 +354,8 @@ def create_app(settings: StudioSettings, guard: Guard, *, store: FeedbackStore |
         await store_call(store.set_label_names, labels)
         return {"labels": store.labels(), "keys": _label_keys(store.labels())}
 
-    # -- retrain, publish, rollback -----------------------------------------------------------
-    @app.get("/retrain", response_class=HTMLResponse)
-    async def retrain_page(request: Request):
-        return page(request, "retrain.html", counts=store.counts(), settings=settings, jobs=jobs.all(),
-                    labels=store.labels(), first_models=FIRST_MODELS, targets=TARGETS, min_per_class=MIN_PER_CLASS,
-                    devices=fleet.device_ids() if fleet is not None else [], fleet=fleet_snapshot(),
-                    problems=_retrain_problems(settings), publish_problems=_publish_problems(settings))
-
-    @app.post("/api/retrain")
-    async def start_retrain(request: Request):
-        data = await body(request)
-        problems = _retrain_problems(settings)
-        if problems:
-            raise ApiError(409, "; ".join(problems))
-        counts = store.counts()
-        if counts["labelled"] < 2:
-            raise ApiError(409, f"{counts['labelled']} labelled sample(s) in {settings.store}: label some first")
-        epochs = data.get("epochs", 5)
-        if not isinstance(epochs, int) or isinstance(epochs, bool) or not 1 <= epochs <= 200:
-            raise ApiError(400, f"'epochs' must be a whole number 1..200, got {epochs!r}")
-        name = f"{settings.base_run.name}-studio-{time.strftime('%Y%m%d-%H%M%S')}"
-        out = settings.out_dir
-        argv = ["--base", str(settings.base_run), "--feedback", str(settings.store), "--out", str(out),
-                "--name", name, "--epochs", str(epochs), *settings.retrain_args]
-        argv += ["--bundle", str(settings.bundle)] if settings.bundle is not None else ["--no-export"]
-        if settings.device_config is not None:
-            argv += ["--device-config", str(settings.device_config)]
-        try:
-            job = jobs.start_retrain(argv, out / name, f"retrain {settings.base_run.name} on {counts['labelled']} labels")
-        except JobConflict as e:
-            raise ApiError(409, str(e)) from e
-        return {"job": job.as_json(), "url": f"/jobs/{job.id}"}
-
-    @app.post("/api/train")
-    async def start_train(request: Request):
-        """A first model from the store's labels: train.train on a snapshot, then train.export."""
-        data = await body(request)
-        model, target = data.get("model", "fast_cnn"), data.get("target", "rpi")
-        if model not in FIRST_MODELS:
-            raise ApiError(400, f"unknown model {model!r}; valid: {', '.join(FIRST_MODELS)}")
-        if target not in TARGETS:
-            raise ApiError(400, f"unknown target {target!r}; valid: {', '.join(TARGETS)}")
-        epochs = data.get("epochs", 20)
-        if not isinstance(epochs, int) or isinstance(epochs, bool) or not 1 <= epochs <= 500:
-            raise ApiError(400, f"'epochs' must be a whole number 1..500, got {epochs!r}")
-        size = data.get("image_size", [32, 32])
-        if (not isinstance(size, list) or len(size) != 2
-                or not all(isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= 512 for v in size)):
-            raise ApiError(400, f"'image_size': [height, width], each 8..512 pixels, got {size!r}")
-        labels, counts = store.labels(), store.counts()["labels"]
-        if not labels:
-            raise ApiError(409, "define the classes first (on the samples page), then label some samples")
-        short = [f"{c} ({counts.get(c, 0)})" for c in labels if counts.get(c, 0) < MIN_PER_CLASS]
-        if short:
-            raise ApiError(409, f"every class needs at least {MIN_PER_CLASS} labelled samples; too few: {', '.join(short)}")
-        name = f"{model}-studio-{time.strftime('%Y%m%d-%H%M%S')}"
-        out = settings.out_dir
-        train_argv = ["--data", str(settings.store), "--model", model, "--epochs", str(epochs),
-                      "--image-size", str(size[0]), str(size[1]), "--runs-dir", str(out), "--run-name", name,
-                      "--no-tensorboard"]
-        if min(counts.get(c, 0) for c in labels) >= 10:  # enough for a test split: accuracy on images never trained on
-            train_argv += ["--test-fraction", "0.2"]
-        if data.get("augment", True):
-            train_argv.append("--augment")
-        export_argv = ["--target", target, "--run", str(out / name), "--out", str(out / name / "bundles" / target)]
-        try:
-            job = jobs.start_train(train_argv, export_argv, out / name,
-                                   f"first model: {model} on {sum(counts.values())} labels, for {target}")
-        except JobConflict as e:
-            raise ApiError(409, str(e)) from e
-        return {"job": job.as_json(), "url": f"/jobs/{job.id}"}
-
-    def job_or_404(job_id: str):
-        job = jobs.get(job_id)
-        if job is None:
-            raise ApiError(404, f"no job {job_id!r} in this studio (jobs are kept while it runs)")
-        return job
-
-    @app.get("/jobs/{job_id}", response_class=HTMLResponse)
-    async def job_page(request: Request, job_id: str):
-        return page(request, "job.html", job=job_or_404(job_id).as_json(),
-                    devices=fleet.device_ids() if fleet is not None else [],
-                    publish_problems=_publish_problems(settings))
-
-    @app.get("/api/jobs/{job_id}")
-    async def job_api(job_id: str):
-        return job_or_404(job_id).as_json()
-
-    def targets(data: dict[str, Any]) -> tuple[list[str] | None, bool]:
-        devices, to_fleet = data.get("devices"), bool(data.get("fleet"))
-        if to_fleet:
-            return None, True
-        if not isinstance(devices, list) or not devices or not all(is_segment(d) for d in devices):
-            raise ApiError(400, "say where it goes: 'devices' (a list of device ids) or 'fleet': true")
-        return devices, False
-
-    def publish_kwargs(data: dict[str, Any]) -> dict[str, Any]:
-        wait_s = data.get("wait_s", 60)
-        if not isinstance(wait_s, (int, float)) or isinstance(wait_s, bool) or not 1 <= wait_s <= 600:
-            raise ApiError(400, f"'wait_s' must be 1..600 seconds, got {wait_s!r}")
-        return {"prefix": settings.prefix, "sign_key": settings.sign_key, "wait_s": float(wait_s),
-                "tls": settings.tls, "username": settings.username, "password": settings.password}
-
-    def start_update(kind: str, data: dict[str, Any], bundle: str | None, what: str) -> dict[str, Any]:
-        """A publish (``bundle``) or rollback job to ``data``'s devices or the fleet."""
-        devices, to_fleet = targets(data)
-        kwargs = publish_kwargs(data)
-        broker = f"{settings.broker[0]}:{settings.broker[1]}"
-        where = "the fleet" if to_fleet else ", ".join(devices)
-        extra = {"bundle_dir": bundle} if bundle is not None else {}
-        job = jobs.start_call(kind, f"{what} {where}",
-                              lambda: _publisher(publisher)(kind, broker=broker, devices=devices, fleet=to_fleet,
-                                                            **extra, **kwargs))
-        return {"job": job.as_json(), "url": f"/jobs/{job.id}"}
-
-    def check_publish() -> None:
-        problems = _publish_problems(settings)
-        if problems:
-            raise ApiError(409, "; ".join(problems))
-
-    @app.post("/api/publish")
-    async def publish(request: Request):
-        data = await body(request)
-        check_publish()
-        if not data.get("job"):
-            raise ApiError(400, "'job': the id of a finished retrain whose bundle to publish")
-        job = job_or_404(str(data["job"]))
-        bundle = job.result.get("bundle")
-        if job.status != "succeeded" or not bundle:
-            raise ApiError(409, f"job {job.id} has no bundle to publish ({job.status})")
-        return start_update("publish", data, bundle, f"publish {Path(bundle).name} to")
-
-    @app.post("/api/rollback")
-    async def rollback(request: Request):
-        data = await body(request)
-        check_publish()
-        return start_update("rollback", data, None, "roll back")
+    add_rollout_routes(app, settings=settings, store=store, jobs=jobs, fleet=fleet, publisher=publisher, page=page,
+                       body=body, fleet_snapshot=fleet_snapshot)
 
     # -- reports ----------------------------------------------------------------------------
     def find_run(name: str) -> Path | None:
@@ -576,34 +395,6 @@ def create_app(settings: StudioSettings, guard: Guard, *, store: FeedbackStore |
     return app
 
 
-def _publisher(publisher: Callable[..., list] | None) -> Callable[..., list]:
-    if publisher is not None:
-        return publisher
-    from train.loop import publish as lib
-
-    def call(kind: str, **kw):
-        if kind == "publish":
-            return lib.publish_bundle(kw.pop("bundle_dir"), kw.pop("broker"), **kw)
-        return lib.rollback(kw.pop("broker"), **kw)
-    return call
-
-
-def _retrain_problems(settings: StudioSettings) -> list[str]:
-    if settings.base_run is None:
-        return ["start the studio with --base RUN (the training run the devices' model came from) to retrain"]
-    return [] if settings.base_run.is_dir() else [f"--base {settings.base_run}: no such run folder"]
-
-
-def _publish_problems(settings: StudioSettings) -> list[str]:
-    out = []
-    if settings.broker is None:
-        out.append("start the studio with --broker HOST:PORT to publish")
-    if settings.sign_key is None:
-        out.append("start the studio with --sign-key KEY (python -m train.publish keygen) to publish: "
-                   "devices apply only signed updates")
-    return out
-
-
 RESERVED_KEYS = frozenset("xus")  # discard, undo, select near-duplicates
 
 
@@ -622,15 +413,6 @@ def _label_keys(labels: list[str]) -> dict[str, str]:
 def _safe_next(path: str) -> str:
     """Only a local path after sign-in (no open redirect to another site)."""
     return path if path.startswith("/") and not path.startswith("//") and "\\" not in path else "/fleet"
-
-
-def _png(img) -> bytes:
-    import cv2
-
-    ok, buf = cv2.imencode(".png", img)
-    if not ok:
-        raise FeedbackError(f"cannot encode a {getattr(img, 'shape', '?')} image as PNG")
-    return buf.tobytes()
 
 
 def _file(path: Path) -> FileResponse:
