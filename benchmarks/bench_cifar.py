@@ -76,11 +76,15 @@ class EpochTimer:
 def model_kwargs(args) -> dict:
     if args.model == "mobilenet_v2":
         return {"width": args.width, "weight_decay": args.weight_decay, "dropout": args.dropout}
-    return {"weight_decay": args.weight_decay, "dropout": args.dropout}
+    kwargs = {"weight_decay": args.weight_decay, "dropout": args.dropout}
+    if args.widths:
+        kwargs["widths"] = tuple(args.widths)
+    return kwargs
 
 
 def train_config(args) -> TrainConfig:
     tag = f"-w{args.width:g}" if args.model == "mobilenet_v2" else ""
+    tag += "-w" + "x".join(map(str, args.widths)) if args.model == "fast_cnn" and args.widths else ""
     tag += f"-c{args.cutout:g}" if args.cutout else ""
     name = args.run_name or f"{args.model}{tag}-e{args.epochs}-n{args.train_limit or 'all'}-s{args.seed}"
     return TrainConfig(
@@ -201,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", choices=sorted(RECIPE_EPOCHS), default="fast_cnn")
     p.add_argument("--epochs", type=int, help="default: the model's recipe (fast_cnn 40, mobilenet_v2 100)")
     p.add_argument("--width", type=float, default=0.5, help="mobilenet_v2 width multiplier")
+    p.add_argument("--widths", type=int, nargs="+", help="fast_cnn block widths (default 64 192 192)")
     p.add_argument("--train-limit", type=int, help="stratified sample of N training images (a short run)")
     p.add_argument("--batch-size", type=int, help="default: fast_cnn 256, mobilenet_v2 128")
     p.add_argument("--lr", type=float, default=0.1)
