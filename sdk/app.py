@@ -7,7 +7,10 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
+import cv2
+
 from . import __version__
+from .bundle import BundleError, load_manifest
 from .config import Config, PreprocessSettings
 from .errors import ConfigError, EdgeError, ManifestError, ModelError, RuntimeUnavailableError
 from .homeassistant import discovery_messages
@@ -63,7 +66,8 @@ def make_publisher(config: Config, topics: Topics, bundle: Bundle | None = None)
     user, password = credentials_from_env(m.username_env, m.password_env)
     tls = TlsSettings(m.tls.ca_certs, m.tls.certfile, m.tls.keyfile, m.tls.insecure) if m.tls.enabled else None
     birth = ha_discovery(config, topics, bundle.manifest if bundle else None)
-    outbox = Outbox(m.outbox_path or default_outbox_path(config.device_id), m.outbox_max_messages)
+    outbox = Outbox(m.outbox_path or default_outbox_path(config.device_id), m.outbox_max_messages,
+                    m.outbox_commit_interval_s)
     try:
         return MqttPublisher(host, port, m.client_id or f"edgeclf-{config.device_id}", status_topic=topics.status,
                              birth=birth, outbox=outbox, tls=tls, username=user, password=password,
@@ -107,6 +111,25 @@ def _config_field(field: str) -> Iterator[None]:
         raise ConfigError(f"{field}: {e}") from e
 
 
+SMALL_INPUT = 64 * 64  # pixels: a model this small runs faster on one thread than with a pool
+
+
+def interpreter_threads(bundle_dir: str | Path, configured: int | None) -> int | None:
+    """``configured``, else the bundle's ``num_threads``, else 1 for a small input (:data:`SMALL_INPUT`),
+    else None (the runtime's default). An unreadable manifest is load_bundle's to report."""
+    if configured is not None:
+        return configured
+    path = Path(bundle_dir)
+    try:
+        manifest = load_manifest(path.parent if path.suffix == ".tflite" else path)
+    except (BundleError, OSError):
+        return None
+    if manifest.num_threads is not None:
+        return manifest.num_threads
+    h, w = manifest.input.shape[1:3]
+    return 1 if h * w <= SMALL_INPUT else None
+
+
 def run(config: Config, stop: threading.Event | None = None, status_stream: TextIO | None = None) -> RunStats:
     """Classify frames from ``config.source`` and publish them until the source ends, ``max_frames``
     is reached, or ``stop`` is set. Raises the :mod:`sdk.errors` classes for bad input."""
@@ -117,8 +140,10 @@ def run(config: Config, stop: threading.Event | None = None, status_stream: Text
     with _config_field("source"):
         parse_source(config.source)
 
+    cv2.setNumThreads(rt.opencv_threads)
+
     def make_classifier(path) -> Classifier:
-        bundle = load_bundle(path, rt.delegate, rt.num_threads, rt.edgetpu_device)
+        bundle = load_bundle(path, rt.delegate, interpreter_threads(path, rt.num_threads), rt.edgetpu_device)
         pp = config.preprocess
         regions = {name: (r.roi, r.resize if r.resize != "auto" else pp.resize)
                    for name, r in pp.regions.items()} if pp.regions else None

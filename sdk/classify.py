@@ -40,9 +40,11 @@ def quantize(values: np.ndarray, detail: dict) -> np.ndarray:
     return np.clip(q, info.min, info.max).astype(dtype)
 
 
-def set_input(interpreter: Any, tensor: np.ndarray) -> None:
-    """Copy an already prepared tensor (shape and dtype of the input) into the interpreter."""
-    detail = input_details(interpreter)
+def set_input(interpreter: Any, tensor: np.ndarray, detail: dict | None = None) -> None:
+    """Copy an already prepared tensor (shape and dtype of the input) into the interpreter.
+    ``detail``: the input's details, when the caller keeps them (asking the interpreter each frame
+    costs as much as the copy)."""
+    detail = detail or input_details(interpreter)
     if tensor.dtype != np.dtype(detail["dtype"]):
         raise TypeError(f"input dtype {tensor.dtype} != model input {np.dtype(detail['dtype'])}; use quantize()")
     interpreter.set_tensor(detail["index"], tensor.reshape(detail["shape"]))
@@ -57,9 +59,10 @@ def dequantize(raw: np.ndarray, detail: dict) -> np.ndarray:
     return raw.astype(np.float64)
 
 
-def scores(interpreter: Any) -> np.ndarray:
-    """The output as float64, dequantized: scale * (q - zero_point), computed in int64."""
-    detail = interpreter.get_output_details()[0]
+def scores(interpreter: Any, detail: dict | None = None) -> np.ndarray:
+    """The output as float64, dequantized: scale * (q - zero_point), computed in int64.
+    ``detail``: the output's details, when the caller keeps them."""
+    detail = detail or interpreter.get_output_details()[0]
     return dequantize(interpreter.get_tensor(detail["index"])[0], detail)
 
 
@@ -68,10 +71,10 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def probabilities(interpreter: Any, activation: str = "softmax") -> np.ndarray:
+def probabilities(interpreter: Any, activation: str = "softmax", detail: dict | None = None) -> np.ndarray:
     """Scores as a probability distribution: softmax applied for ``logits`` models, clipped
     and renormalised for softmax models (INT8 outputs do not sum to exactly 1)."""
-    s = scores(interpreter)
+    s = scores(interpreter, detail)
     if activation == "logits":
         return softmax(s)
     s = np.clip(s, 0.0, None)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 from .mqtt import DEFAULT_PASSWORD_ENV, DEFAULT_USERNAME_ENV
+from .outbox import DEFAULT_COMMIT_INTERVAL_S
 from .topics import DEFAULT_PREFIX, FLEET, check_region, is_segment
 
 
@@ -44,7 +45,14 @@ class CameraSettings(_Strict):
 class RuntimeSettings(_Strict):
     delegate: Literal["auto", "none", "xnnpack", "edgetpu", "gpu"] = Field(
         "auto", description="auto: Edge TPU for *_edgetpu models (or a bundle exported for it), CPU otherwise.")
-    num_threads: int | None = Field(None, ge=1, description="Interpreter CPU threads (None: the bundle's or the runtime's default).")
+    num_threads: int | None = Field(
+        None, ge=1, description="Interpreter CPU threads (None: the bundle's; else 1 for a model whose input is at "
+                                "most 64x64, whose thread pool costs more than it saves, and the runtime's default "
+                                "for larger ones).")
+    opencv_threads: int = Field(
+        1, ge=0, description="OpenCV's worker threads for one frame's colour conversion and resizing (0: OpenCV's "
+                             "default, all cores). 1 by default: decoding already runs on another core, and "
+                             "OpenCV's pool spinning beside it cost more CPU per frame than it saved.")
     edgetpu_device: str | None = Field(None, description="Edge TPU to use: usb, pci, usb:0 ... (None: the first found).")
 
 
@@ -147,6 +155,11 @@ class MqttSettings(_Strict):
         None, description="sqlite file of the store-and-forward queue (None: ~/.cache/edgeclf/outbox-<device>.sqlite; "
                           "':memory:' for none on disk).")
     outbox_max_messages: int = Field(10000, ge=10, description="Queue bound; the oldest messages go first when full.")
+    outbox_commit_interval_s: float = Field(
+        DEFAULT_COMMIT_INTERVAL_S, ge=0, le=10,
+        description="Group commit: a queued message not acknowledged within this many seconds is written to the "
+                    "outbox file (all due ones in one transaction); a SIGKILL or power cut loses at most the "
+                    "messages of this last window. 0: every message written before the next frame.")
     reconnect_min_s: float = Field(0.5, gt=0, description="First delay before reconnecting to the broker.")
     reconnect_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay (doubling backoff).")
     flush_timeout_s: float = Field(5.0, ge=0, description="On exit, wait this long for queued messages to be acknowledged.")

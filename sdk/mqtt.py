@@ -1,8 +1,9 @@
 """MQTT transport: paho-mqtt v2, store-and-forward, TLS/auth, last will. It only moves bytes.
 
-Every persisted message first goes into a bounded sqlite FIFO (:class:`Outbox`); a sender
-thread hands rows to paho in order while connected (at most ``window`` in flight) and deletes
-a row once the broker has acknowledged it (PUBACK for QoS 1). paho re-sends what was in
+Every persisted message first goes into a bounded FIFO (:class:`sdk.outbox.Outbox`: staged in
+memory, group-committed to sqlite within ``commit_interval_s`` unless acknowledged first); a sender
+thread hands messages to paho in order while connected (at most ``window`` in flight), commits
+what is due, and forgets a message once the broker has acknowledged it (PUBACK for QoS 1). paho re-sends what was in
 flight after a reconnect, the sender then carries on from where it was, so messages arrive
 in order and none is lost across a broker restart; rows not yet acknowledged when the
 process stops stay on disk and go out at the next start (at-least-once: a consumer may see a
@@ -22,7 +23,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import sqlite3
+import sqlite3  # the outbox's errors
 import ssl
 import threading
 import time
@@ -33,6 +34,7 @@ from typing import Callable, Iterable, Protocol
 import paho.mqtt.client as mqtt
 
 from .errors import BrokerCertificateError, BrokerHostnameError, MqttConfigError
+from .outbox import Outbox
 
 logger = logging.getLogger(__name__)
 
@@ -67,73 +69,6 @@ def parse_broker(address: str) -> tuple[str, int]:
     if not 0 < p < 65536 or not host:
         raise MqttConfigError(f"invalid broker address {address!r}; expected HOST:PORT with port 1..65535")
     return host, p
-
-
-class Outbox:
-    """A bounded, persistent FIFO of messages in sqlite (``:memory:`` for a volatile one).
-
-    When full, the oldest messages are dropped (and counted): memory and disk stay bounded
-    during a long outage.
-    """
-
-    def __init__(self, path: str | Path = ":memory:", max_messages: int = 10000):
-        if max_messages < 1:
-            raise ValueError(f"max_messages must be >= 1 (got {max_messages})")
-        self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self.max_messages = max_messages
-        self.dropped = 0
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,"
-            " payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, created REAL NOT NULL)"
-        )
-        self._count = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-        if self._count:
-            logger.info("outbox %s holds %d unsent messages from an earlier run", self.path, self._count)
-
-    def __len__(self) -> int:
-        return self._count
-
-    def put(self, topic: str, payload: bytes, qos: int, retain: bool) -> int:
-        with self._lock:
-            if self._count >= self.max_messages:
-                n = self._count - self.max_messages + 1
-                self._db.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)", (n,))
-                self._count -= n
-                self.dropped += n
-                if self.dropped == n or self.dropped % 1000 < n:
-                    logger.warning("outbox full (%d messages): dropped %d oldest so far", self.max_messages, self.dropped)
-            cur = self._db.execute(
-                "INSERT INTO outbox (topic, payload, qos, retain, created) VALUES (?, ?, ?, ?, ?)",
-                (topic, payload, qos, int(retain), time.time()),
-            )
-            self._count += 1
-            return int(cur.lastrowid or 0)  # an INSERT always sets it
-
-    def peek(self, after_id: int, limit: int) -> list[tuple[int, str, bytes, int, bool]]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, topic, payload, qos, retain FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
-                (after_id, limit),
-            ).fetchall()
-        return [(r[0], r[1], bytes(r[2]), r[3], bool(r[4])) for r in rows]
-
-    def delete(self, ids: Iterable[int]) -> None:
-        ids = list(ids)
-        if not ids:
-            return
-        with self._lock:
-            cur = self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
-            self._count = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] if cur.rowcount < 0 else self._count - cur.rowcount
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
 
 
 @dataclass
@@ -242,7 +177,7 @@ class MqttPublisher:
                  birth: Iterable[Message] = (), outbox: Outbox | None = None, tls: TlsSettings | None = None,
                  username: str | None = None, password: str | None = None, keepalive: int = 30,
                  reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0, window: int = 64,
-                 clean_session: bool = True):
+                 clean_session: bool = True, coalesce_s: float = 0.003):
         if not 0 < int(port) < 65536:
             raise MqttConfigError(f"invalid broker port {port}")
         if not clean_session and not client_id:
@@ -252,6 +187,7 @@ class MqttPublisher:
         self.birth = list(birth)
         self.outbox = outbox if outbox is not None else Outbox()
         self.window = window
+        self.coalesce_s = coalesce_s  # the sender waits this long after a wake-up to hand paho several messages at once
         self.connects = 0
         self.disconnects = 0
         self.queued = 0      # persisted messages put in the outbox by this process
@@ -495,10 +431,13 @@ class MqttPublisher:
 
     def _send_loop(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(0.2)
+            self._wake.wait(min(0.2, self.outbox.commit_due_in()))
+            if self.connected and self.coalesce_s:
+                time.sleep(self.coalesce_s)  # gather what comes meanwhile: one wake-up for several messages
             self._wake.clear()
             try:
                 self._apply_acks()
+                self.outbox.commit_if_due()
                 while self.connected and len(self._inflight) < self.window and not self._stop.is_set():
                     rows = self.outbox.peek(self._last_id, self.window - len(self._inflight))
                     if not rows:
@@ -511,6 +450,7 @@ class MqttPublisher:
                         self._inflight[info.mid] = row_id
                         self._last_id = row_id
                     self._apply_acks()
+                self.outbox.commit_if_due()
             except sqlite3.ProgrammingError:  # outbox closed under us at shutdown
                 return
             except Exception:  # never let the sender die silently

@@ -66,6 +66,7 @@ class Classifier:
         self.labels = bundle.labels
         self.top_k, self.threshold = top_k, threshold
         detail = classify.input_details(self.interpreter)
+        self._input, self._output = detail, self.interpreter.get_output_details()[0]
         spec = self.manifest.input
         if regions:
             self.preprocessors: dict[str | None, Preprocessor] = {
@@ -82,10 +83,10 @@ class Classifier:
         t0 = time.perf_counter()
         tensor = pre(image)
         t1 = time.perf_counter()
-        classify.set_input(self.interpreter, tensor)
+        classify.set_input(self.interpreter, tensor, self._input)
         self.interpreter.invoke()
         t2 = time.perf_counter()
-        probs = classify.probabilities(self.interpreter, self.manifest.output.activation)
+        probs = classify.probabilities(self.interpreter, self.manifest.output.activation, self._output)
         top = classify.top_k(probs, self.top_k, self.threshold)
         t3 = time.perf_counter()
         box = roi_box(image.shape, pre.roi) if pre.roi is not None else None
